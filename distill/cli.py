@@ -1,0 +1,120 @@
+"""`distill validate | run | ls`: the factory's command line."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="A distillation and synthetic-data factory.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _load(recipe: str):
+    from distill.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe)
+    except RecipeError as e:
+        for p in e.problems:
+            err.print(p.render(e.file), markup=False, highlight=False)
+        err.print(f"{len(e.problems)} problem(s) in {e.file}", style="bold red")
+        raise typer.Exit(2)
+
+
+@app.command()
+def validate(recipe: str = typer.Argument(..., help="path of a recipe YAML")):
+    """Check a recipe: every problem is reported at once; exit code 2 if any."""
+    r = _load(recipe)
+    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]})", highlight=False)
+
+
+class _Bar:
+    """The sample stage's progress, as a rich bar."""
+
+    def __init__(self, progress: Progress, label: str):
+        self.progress, self.label, self.task = progress, label, None
+
+    def start(self, total: int, completed: int = 0):
+        self.task = self.progress.add_task(self.label, total=total, completed=completed)
+
+    def advance(self, n: int):
+        self.progress.advance(self.task, n)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="path of a recipe YAML"),
+    until: Optional[str] = typer.Option(None, help="stop after this stage"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray and vLLM worker logs"),
+):
+    """Run a recipe (or resume it: the same recipe continues the same run)."""
+    from distill.pipeline import STAGES, run_pipeline
+
+    if until is not None and until not in STAGES:
+        err.print(f"--until: unknown stage {until!r}; stages: {', '.join(STAGES)}")
+        raise typer.Exit(2)
+    r = _load(recipe)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: _Bar(progress, label), verbose=verbose)
+    console.print(f"run directory: {the_run.dir}", highlight=False)
+    _print_summary(summaries)
+
+
+def _print_summary(summaries: dict) -> None:
+    if p := summaries.get("prompts"):
+        console.print(f"prompts: {p['train']} train, {p['eval']} eval held out"
+                      + (f" ({p['train_overlapping_eval']} train prompts dropped: also in eval)" if p["train_overlapping_eval"] else ""))
+    if s := summaries.get("sample"):
+        t = Table(title="samples", show_header=True)
+        for col in ("prompts", "samples", "new this run", "errors", "accepted", "tokens/s"):
+            t.add_column(col, justify="right")
+        t.add_row(str(s.prompts), str(s.samples_total), str(s.samples_new), str(s.errors), str(s.accepted),
+                  f"{s.tokens_per_second:.1f}")
+        console.print(t)
+        if s.per_verifier:
+            v = Table(title="verifiers", show_header=True)
+            for col in ("verifier", "passed", "failed", "cannot verify", "accept rate"):
+                v.add_column(col, justify="right")
+            for name, c in s.per_verifier.items():
+                scored = c["passed"] + c["failed"] + c["none"]
+                v.add_row(name, str(c["passed"]), str(c["failed"]), str(c["none"]),
+                          f"{c['passed'] / scored:.1%}" if scored else "-")
+            console.print(v)
+
+
+@app.command("ls")
+def list_registered():
+    """List registered verifiers, filters, prompt sources and teachers, from the registries."""
+    from distill.filters import FILTERS
+    from distill.prompts import PROMPT_SOURCES
+    from distill.teachers import catalog, load_teacher
+    from distill.verifiers import VERIFIERS
+
+    for title, registry in (("verifiers", VERIFIERS), ("filters", FILTERS), ("prompt sources", PROMPT_SOURCES)):
+        t = Table(title=title, show_lines=True)
+        t.add_column("name", style="bold")
+        t.add_column("what it does")
+        t.add_column("recipe example")
+        for entry in registry:
+            t.add_row(entry.name, entry.summary, entry.example)
+        if not registry.names():
+            t.add_row("-", "none registered yet", "")
+        console.print(t)
+    t = Table(title="teachers")
+    for col in ("id", "model", "licence", "params (B)", "TP x PP"):
+        t.add_column(col, no_wrap=col == "id")
+    for tid in catalog():
+        teacher = load_teacher(tid)
+        t.add_row(tid, teacher.model, teacher.licence, f"{teacher.params_b:g}",
+                  f"{teacher.serving.tensor_parallel_size} x {teacher.serving.pipeline_parallel_size}")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,366 @@
+"""The recipe: one YAML file drives every stage. One typed class per section.
+
+Every default lives here, with a one-line why. Unknown keys are errors. `load_recipe`
+reports every problem at once (file, dotted key, bad value, what is allowed), so a user
+fixes a recipe in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from distill.registry import Params, Registry, closest
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(BaseModel):
+    """A registered component in a recipe list: its short name plus its own parameters.
+
+    The parameters are checked against the registered Params class in a second pass
+    (`_check_components`), which also resolves them into `params`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    _params: Params | None = PrivateAttr(default=None)
+
+    @property
+    def params(self) -> Params:
+        assert self._params is not None, "recipe not loaded through load_recipe"
+        return self._params
+
+
+class PromptSource(Component):
+    source: str
+
+
+class TeacherRef(Section):
+    id: str = Field(description="a shipped teacher id (distill ls) or the path of a teacher YAML")
+    # Passed to the vLLM engine over the teacher's serving defaults, e.g. {enforce_eager: true}.
+    engine_args: dict[str, Any] = {}
+
+
+class Prompts(Section):
+    train: list[PromptSource] = Field(min_length=1)
+    # Held out: never sampled for training; the evaluate stage answers these.
+    eval: list[PromptSource] = []
+    # None keeps the chat template's own default system turn.
+    system_prompt: str | None = None
+
+
+class Sampling(Section):
+    n: int = Field(8, ge=1, le=1024)  # several samples per prompt: verifiers keep the good ones
+    temperature: float = Field(0.8, ge=0)  # diverse enough for n samples to differ
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: no top-k cut
+    min_p: float = Field(0.0, ge=0, le=1)
+    max_tokens: int = Field(512, ge=1)  # long enough for short reasoning, bounded cost
+    repetition_penalty: float = Field(1.0, gt=0)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    stop: list[str] = []
+    seed: int = Field(0, ge=0)  # each sample's seed derives from this, its prompt and its index
+    # Samples per written batch file: bounds what a crash can cost (at most the batches in flight).
+    batch_size: int = Field(64, ge=1)
+    # Further vllm.SamplingParams fields, passed through unchanged (checked against vLLM).
+    extra: dict[str, Any] = {}
+
+
+class Verifier(Component):
+    name: str
+    # A sample is accepted only if every required verifier scores it >= threshold.
+    required: bool = True
+    threshold: float = Field(1.0, ge=0, le=1)
+
+
+class Filter(Component):
+    name: str
+    mode: Literal["drop", "mark"] = "drop"  # mark keeps the row and records the verdict
+
+
+class Student(Section):
+    name: str = Field(min_length=1, description="the published model's name")
+    base: str = Field(description="a shipped teacher id, a teacher YAML, or a local model directory")
+    commercial_use: bool = True  # what the licence engine checks the teachers' terms against
+
+
+class Lora(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class Train(Section):
+    method: Literal["full", "lora"] = "full"
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(8, ge=1)  # per device
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    packing: bool = False
+    seed: int = 0
+    lora: Lora = Lora()
+    deepspeed_stage: Literal[0, 2, 3] = 0  # 0: no DeepSpeed (CPU and single GPU)
+    # Further trl.SFTConfig arguments, passed through unchanged.
+    trl_args: dict[str, Any] = {}
+
+
+class Eval(Section):
+    k: int = Field(4, ge=1)  # samples per held-out prompt for pass@1
+    max_prompts: int | None = Field(None, ge=1)
+    # Price per 1M output tokens per model id; unset: parameter count as the proxy.
+    price_per_mtok: dict[str, float] = {}
+
+
+class Tracking(Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"  # offline: nothing leaves the machine
+    project: str = "distill"
+    entity: str | None = None
+
+
+class Cluster(Section):
+    address: str | None = None  # None: a local Ray started for the run
+    replicas: int = Field(1, ge=1)  # vLLM engine replicas sharing the prompt stream
+    cpus_per_replica: float = Field(1, gt=0)
+    accelerator_type: str | None = None
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    teacher: TeacherRef
+    prompts: Prompts
+    sampling: Sampling = Sampling()
+    verifiers: list[Verifier] = []
+    filters: list[Filter] = []
+    student: Student | None = None
+    train: Train = Train()
+    eval: Eval = Eval()
+    tracking: Tracking = Tracking()
+    cluster: Cluster = Cluster()
+    output_dir: str = "runs"
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, v):
+        return {"id": v} if isinstance(v, str) else v
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled and every component's parameters resolved."""
+        data = self.model_dump(mode="json")
+        for section, key in (("prompts", "train"), ("prompts", "eval")):
+            data[section][key] = [_resolved(c, "source") for c in getattr(self.prompts, key)]
+        data["verifiers"] = [_resolved(v, "name") for v in self.verifiers]
+        data["filters"] = [_resolved(f, "name") for f in self.filters]
+        return data
+
+    def content_hash(self) -> str:
+        """Hash of what decides the outputs; tracking and cluster placement do not."""
+        data = self.resolved()
+        data.pop("tracking")
+        data.pop("cluster")
+        data["sources_sha256"] = [
+            getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval
+        ]
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _resolved(component: Component, key: str) -> dict[str, Any]:
+    fixed = {k: v for k, v in component.model_dump(mode="json").items() if k in type(component).model_fields}
+    return {**fixed, key: getattr(component, key), **component.params.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+
+    def render(self, file: str) -> str:
+        return f"{file}: {self.key}: {self.message}"
+
+
+class RecipeError(Exception):
+    def __init__(self, file: str, problems: list[Problem]):
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+def dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at a location, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        for arg in getattr(annotation, "__args__", ()) or ():
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                annotation = arg
+        current = annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def problems_from(error: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> list[Problem]:
+    problems = []
+    for err in error.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            hint = closest(str(loc[-1]), _fields_at(model, err["loc"][:-1]))
+            allowed = _fields_at(model, err["loc"][:-1])
+            tail = f" (did you mean {hint!r}?)" if hint else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            message = f"unknown key{tail}"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = f"{_show(err['input'])}: {err['msg'][0].lower()}{err['msg'][1:]}"
+        problems.append(Problem(dotted(loc), message))
+    return problems
+
+
+def _check_components(
+    recipe_data: dict, registry: Registry, loc: tuple, key: str, base: type[Component], base_dir: Path
+) -> tuple[list[Problem], list[Params]]:
+    """Second pass: each component's name must be registered and its parameters valid."""
+    problems: list[Problem] = []
+    resolved: list[Params] = []
+    items = recipe_data
+    for part in loc:
+        items = items.get(part) if isinstance(items, dict) else None
+    if not isinstance(items, list):
+        return problems, resolved
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get(key), str):
+            continue  # the first pass already reported it
+        name = item[key]
+        if name not in registry:
+            problems.append(Problem(dotted(loc + (i, key)), registry.unknown(name)))
+            continue
+        entry = registry.get(name)
+        own = {k: v for k, v in item.items() if k not in base.model_fields}
+        try:
+            resolved.append(entry.params.model_validate(own, context={"base_dir": base_dir}))
+        except ValidationError as e:
+            problems.extend(problems_from(e, entry.params, loc + (i,)))
+    return problems, resolved
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check a recipe; raises RecipeError listing every problem found."""
+    from distill.prompts import PROMPT_SOURCES
+    from distill.filters import FILTERS
+    from distill.verifiers import VERIFIERS
+    from distill.teachers import load_teacher
+
+    path = Path(path)
+    file = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(file, [Problem("(file)", "no such file")]) from None
+    except yaml.YAMLError as e:
+        raise RecipeError(file, [Problem("(file)", f"not valid YAML: {e}")]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(file, [Problem("(top level)", "a recipe is a mapping of sections (name, teacher, prompts, ...)")])
+
+    problems: list[Problem] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        problems.extend(problems_from(e, Recipe))
+
+    base_dir = path.parent
+    checks = [
+        (PROMPT_SOURCES, ("prompts", "train"), "source", PromptSource),
+        (PROMPT_SOURCES, ("prompts", "eval"), "source", PromptSource),
+        (VERIFIERS, ("verifiers",), "name", Verifier),
+        (FILTERS, ("filters",), "name", Filter),
+    ]
+    resolved_lists = []
+    for registry, loc, key, base in checks:
+        found, params = _check_components(data, registry, loc, key, base, base_dir)
+        problems.extend(found)
+        resolved_lists.append(params)
+
+    teacher_ref = data.get("teacher")
+    teacher_id = teacher_ref.get("id") if isinstance(teacher_ref, dict) else teacher_ref
+    if isinstance(teacher_id, str):
+        try:
+            load_teacher(teacher_id, base_dir)
+        except ValueError as e:
+            problems.append(Problem("teacher" if isinstance(teacher_ref, str) else "teacher.id", str(e)))
+        except ValidationError as e:
+            problems.append(Problem("teacher", f"teacher file {teacher_id!r} is invalid: {e}"))
+
+    if recipe is not None:
+        problems.extend(_check_passthrough(recipe))
+
+    if problems:
+        raise RecipeError(file, problems)
+    assert recipe is not None
+    recipe._path = path
+    lists = [recipe.prompts.train, recipe.prompts.eval, recipe.verifiers, recipe.filters]
+    for components, params in zip(lists, resolved_lists):
+        for component, p in zip(components, params):
+            component._params = p
+    return recipe
+
+
+def _check_passthrough(recipe: Recipe) -> list[Problem]:
+    """Pass-through keys go to vLLM unchanged, so check them against vLLM's own fields."""
+    if not (recipe.sampling.extra or recipe.teacher.engine_args):
+        return []
+    import dataclasses
+    import inspect
+
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+
+    problems = []
+    sampling_fields = set(inspect.signature(SamplingParams).parameters) - {"n", "seed"}
+    engine_fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    for key, value in recipe.sampling.extra.items():
+        if key in Sampling.model_fields:
+            problems.append(Problem(f"sampling.extra.{key}", f"set it as sampling.{key}, not in extra"))
+        elif key not in sampling_fields:
+            hint = closest(key, sorted(sampling_fields))
+            problems.append(Problem(f"sampling.extra.{key}", f"{_show(value)}: not a vLLM SamplingParams field" + (f" (did you mean {hint!r}?)" if hint else "")))
+    for key, value in recipe.teacher.engine_args.items():
+        if key not in engine_fields:
+            hint = closest(key, sorted(engine_fields))
+            problems.append(Problem(f"teacher.engine_args.{key}", f"{_show(value)}: not a vLLM engine argument" + (f" (did you mean {hint!r}?)" if hint else "")))
+    return problems

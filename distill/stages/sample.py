@@ -1,0 +1,206 @@
+"""Sample: n completions per train prompt from the teacher, verified, written with lineage.
+
+Each (prompt, sample index) is one unit of work with its own seed. Finished batches are
+written as Parquet parts atomically, so a rerun reads which units are done and
+schedules only the rest: a crash costs at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import storage
+from distill.lineage import digest, sample_id, sample_seed
+from distill.stages.verify import accepted, verify_batch
+
+VERDICT = pa.struct([
+    ("verifier", pa.string()),
+    ("score", pa.float64()),  # null: the verifier could not verify
+    ("reason", pa.string()),
+    ("required", pa.bool_()),
+    ("passed", pa.bool_()),
+])
+
+SAMPLE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("run_id", pa.string()),
+    ("recipe_hash", pa.string()),
+    ("code_version", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt_text", pa.string()),
+    ("prompt_source", pa.string()),
+    ("prompt_licence", pa.string()),
+    ("reference", pa.string()),
+    ("messages", pa.string()),  # JSON: exactly the chat turns sent to the teacher
+    ("teacher_id", pa.string()),
+    ("teacher_model", pa.string()),
+    ("teacher_revision", pa.string()),
+    ("teacher_licence", pa.string()),
+    ("backend", pa.string()),
+    ("backend_version", pa.string()),
+    ("engine_args", pa.string()),  # JSON: the engine's arguments as the backend resolved them
+    ("sample_index", pa.int32()),
+    ("seed", pa.int64()),
+    ("sampling_params", pa.string()),  # JSON: every parameter the engine received
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("max_tokens", pa.int32()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),  # stop | length | error
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("error", pa.string()),
+    ("verdicts", pa.list_(VERDICT)),
+    ("accepted", pa.bool_()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def sampling_params(recipe, seed: int) -> dict:
+    s = recipe.sampling
+    return {
+        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+        "max_tokens": s.max_tokens, "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+        "stop": list(s.stop) or None, "seed": seed, **s.extra,
+    }
+
+
+def messages_for(recipe, question: str) -> list[dict]:
+    system = recipe.prompts.system_prompt
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": question}]
+
+
+def read_samples(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    parts = sorted((run_dir / "samples").glob("part-*.parquet"))
+    if not parts:
+        return SAMPLE_SCHEMA.empty_table().select(columns) if columns else SAMPLE_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(p, columns=columns, schema=SAMPLE_SCHEMA) for p in parts)
+
+
+@dataclass
+class SampleSummary:
+    prompts: int = 0
+    samples_total: int = 0
+    samples_new: int = 0
+    resumed_from: int = 0
+    errors: int = 0
+    accepted: int = 0
+    completion_tokens_new: int = 0
+    seconds: float = 0.0
+    per_verifier: dict = field(default_factory=dict)  # name -> {passed, failed, none}
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens_new / self.seconds if self.seconds else 0.0
+
+
+def plan_work(recipe, prompts: list[dict], done: set[str]) -> list[dict]:
+    """Every (prompt, sample index) not yet written, as backend request rows."""
+    work = []
+    for p in prompts:
+        for i in range(recipe.sampling.n):
+            work_id = f"{p['prompt_id']}:{i}"
+            if work_id in done:
+                continue
+            seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
+            work.append({
+                "work_id": work_id,
+                "messages": messages_for(recipe, p["question"]),
+                "sampling_params": sampling_params(recipe, seed),
+            })
+    return work
+
+
+def sample_teacher(run, backend, progress=None) -> SampleSummary:
+    """Sample every pending unit of the run's train prompts; write verified parts."""
+    from distill.stages.prompts import read_prompts
+
+    recipe, teacher = run.recipe, run.teacher
+    prompts = {p["prompt_id"]: p for p in read_prompts(run.dir, "train")}
+    existing = read_samples(run.dir, ["prompt_id", "sample_index"])
+    done = {f"{p}:{i}" for p, i in zip(existing["prompt_id"].to_pylist(), existing["sample_index"].to_pylist())}
+    work = plan_work(recipe, list(prompts.values()), done)
+    summary = SampleSummary(prompts=len(prompts), resumed_from=len(done))
+    total = len(prompts) * recipe.sampling.n
+    if progress:
+        progress.start(total=total, completed=len(done))
+    started = time.time()
+    if work:
+        info = backend.describe()
+        requests = {w["work_id"]: w for w in work}
+        for results in backend.generate(work):
+            rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
+            verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows])
+            for row, v in zip(rows, verdicts):
+                row["verdicts"] = v
+                row["accepted"] = accepted(v, row["error"])
+            part = run.dir / "samples" / f"part-{digest(sorted(r['work_id'] for r in results))}.parquet"
+            for row in rows:
+                row.pop("work_id")
+            storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+            summary.samples_new += len(rows)
+            summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
+            if progress:
+                progress.advance(len(rows))
+    summary.seconds = time.time() - started
+    _count(summary, read_samples(run.dir, ["accepted", "error", "verdicts"]))
+    return summary
+
+
+def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict:
+    prompt_id, index = request["work_id"].rsplit(":", 1)
+    p = prompts[prompt_id]
+    t = run.teacher
+    params = request["sampling_params"]
+    return {
+        "work_id": request["work_id"],
+        "sample_id": sample_id(prompt_id, t.id, t.revision, params, int(index), result["text"]),
+        "run_id": run.id,
+        "recipe_hash": run.recipe_hash,
+        "code_version": run.code_version,
+        "prompt_id": prompt_id,
+        "prompt_text": p["question"],
+        "prompt_source": p["source"],
+        "prompt_licence": p["source_licence"],
+        "reference": p["reference"],
+        "messages": json.dumps(request["messages"]),
+        "teacher_id": t.id,
+        "teacher_model": t.model,
+        "teacher_revision": t.revision,
+        "teacher_licence": t.licence,
+        "backend": info["backend"],
+        "backend_version": info["version"],
+        "engine_args": json.dumps(info.get("engine_args", {}), sort_keys=True),
+        "sample_index": int(index),
+        "seed": params["seed"],
+        "sampling_params": json.dumps(params, sort_keys=True),
+        "temperature": params["temperature"],
+        "top_p": params["top_p"],
+        "max_tokens": params["max_tokens"],
+        "completion": result["text"],
+        "finish_reason": result["finish_reason"],
+        "prompt_tokens": result["prompt_tokens"],
+        "completion_tokens": result["completion_tokens"],
+        "error": result["error"] or None,
+        "created_at": datetime.now(timezone.utc),
+    }
+
+
+def _count(summary: SampleSummary, table: pa.Table) -> None:
+    summary.samples_total = table.num_rows
+    summary.errors = sum(1 for e in table["error"].to_pylist() if e)
+    summary.accepted = sum(1 for a in table["accepted"].to_pylist() if a)
+    per: dict[str, dict[str, int]] = {}
+    for verdicts in table["verdicts"].to_pylist():
+        for v in verdicts or []:
+            c = per.setdefault(v["verifier"], {"passed": 0, "failed": 0, "none": 0})
+            c["none" if v["score"] is None else "passed" if v["passed"] else "failed"] += 1
+    summary.per_verifier = per

