@@ -21,7 +21,8 @@ def _load(recipe: str):
         return load_recipe(recipe)
     except RecipeError as e:
         for p in e.problems:
-            err.print(p.render(e.file), markup=False, highlight=False)
+            # soft_wrap: one problem per line whatever the terminal width, so it can be grepped
+            err.print(p.render(e.file), markup=False, highlight=False, soft_wrap=True)
         err.print(f"{len(e.problems)} problem(s) in {e.file}", style="bold red")
         raise typer.Exit(2)
 
@@ -30,7 +31,7 @@ def _load(recipe: str):
 def validate(recipe: str = typer.Argument(..., help="path of a recipe YAML")):
     """Check a recipe: every problem is reported at once; exit code 2 if any."""
     r = _load(recipe)
-    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]})", highlight=False)
+    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]})", highlight=False, soft_wrap=True)
 
 
 class _Bar:

@@ -202,6 +202,13 @@ class RecipeError(Exception):
         super().__init__("\n".join(p.render(file) for p in problems))
 
 
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML error on one line (PyYAML's own message spans several, with a caret drawing)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
 def dotted(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -233,20 +240,25 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return []
 
 
-def problems_from(error: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> list[Problem]:
+def problems_from(
+    error: ValidationError, model: type[BaseModel], prefix: tuple = (), also_allowed: tuple[str, ...] = ()
+) -> list[Problem]:
+    """`also_allowed`: keys valid beside the model's own at its top level (a component's name, required, ...)."""
     problems = []
     for err in error.errors():
         loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         kind = err["type"]
         if kind == "extra_forbidden":
-            hint = closest(str(loc[-1]), _fields_at(model, err["loc"][:-1]))
-            allowed = _fields_at(model, err["loc"][:-1])
+            allowed = _fields_at(model, err["loc"][:-1]) + (list(also_allowed) if len(err["loc"]) == 1 else [])
+            hint = closest(str(loc[-1]), allowed)
             tail = f" (did you mean {hint!r}?)" if hint else (f"; allowed: {', '.join(allowed)}" if allowed else "")
             message = f"unknown key{tail}"
         elif kind == "missing":
             message = "required key is missing"
         else:
-            message = f"{_show(err['input'])}: {err['msg'][0].lower()}{err['msg'][1:]}"
+            # A validator's own ValueError text, without pydantic's "Value error, " prefix.
+            msg = str(err["ctx"]["error"]) if kind == "value_error" and "error" in err.get("ctx", {}) else err["msg"]
+            message = f"{_show(err['input'])}: {msg[0].lower()}{msg[1:]}"
         problems.append(Problem(dotted(loc), message))
     return problems
 
@@ -274,7 +286,7 @@ def _check_components(
         try:
             resolved.append(entry.params.model_validate(own, context={"base_dir": base_dir}))
         except ValidationError as e:
-            problems.extend(problems_from(e, entry.params, loc + (i,)))
+            problems.extend(problems_from(e, entry.params, loc + (i,), tuple(base.model_fields)))
     return problems, resolved
 
 
@@ -291,8 +303,10 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise RecipeError(file, [Problem("(file)", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8 text
+        raise RecipeError(file, [Problem("(file)", f"cannot read: {e}")]) from None
     except yaml.YAMLError as e:
-        raise RecipeError(file, [Problem("(file)", f"not valid YAML: {e}")]) from None
+        raise RecipeError(file, [Problem("(file)", f"not valid YAML: {yaml_error(e)}")]) from None
     if not isinstance(data, dict):
         raise RecipeError(file, [Problem("(top level)", "a recipe is a mapping of sections (name, teacher, prompts, ...)")])
 
@@ -319,12 +333,16 @@ def load_recipe(path: str | Path) -> Recipe:
     teacher_ref = data.get("teacher")
     teacher_id = teacher_ref.get("id") if isinstance(teacher_ref, dict) else teacher_ref
     if isinstance(teacher_id, str):
+        key = "teacher" if isinstance(teacher_ref, str) else "teacher.id"
         try:
             load_teacher(teacher_id, base_dir)
+        except ValidationError as e:  # before ValueError: pydantic's ValidationError is a ValueError
+            from distill.teachers import Teacher
+
+            details = "; ".join(f"{p.key}: {p.message}" for p in problems_from(e, Teacher))
+            problems.append(Problem(key, f"teacher file {teacher_id!r} is invalid: {details}"))
         except ValueError as e:
-            problems.append(Problem("teacher" if isinstance(teacher_ref, str) else "teacher.id", str(e)))
-        except ValidationError as e:
-            problems.append(Problem("teacher", f"teacher file {teacher_id!r} is invalid: {e}"))
+            problems.append(Problem(key, str(e)))
 
     if recipe is not None:
         problems.extend(_check_passthrough(recipe))

