@@ -174,6 +174,11 @@ class Recipe(Section):
         data = self.resolved()
         data.pop("tracking")
         data.pop("cluster")
+        from distill.teachers import load_teacher
+
+        # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
+        # revision must not resume a run made with the old weights.
+        data["teacher_entry"] = load_teacher(self.teacher.id, self.base_dir).model_dump(mode="json")
         data["sources_sha256"] = [
             getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval
         ]

@@ -175,14 +175,25 @@ def generate_arithmetic(p: ArithmeticParams) -> Iterable[dict]:
     if p.style == "plain":
         templates = [t for t in templates if t["text"].startswith("What is")]
     rng = random.Random(p.seed)
-    for _ in range(p.count):
+    seen: set[str] = set()
+    attempts = 0
+    while len(seen) < p.count:
+        attempts += 1
+        if attempts > 50 * p.count:  # distinct questions: a small space runs out
+            raise ValueError(
+                f"arithmetic: only {len(seen)} distinct questions found for count {p.count}; "
+                "raise max_operand, add operations or use style: word"
+            )
         t = rng.choice(templates)
         a, b = rng.randint(1, p.max_operand), rng.randint(1, p.max_operand)
         if t["op"] == "-" and b > a:
             a, b = b, a  # keep answers non-negative, as word problems imply
         answer = {"+": a + b, "-": a - b, "*": a * b}[t["op"]]
         text = t["text"].format(a=a, b=b, name=rng.choice(data["names"]), item=rng.choice(data["items"]))
-        yield {"question": f"{text} {data['instruction']}", "reference": str(answer)}
+        question = f"{text} {data['instruction']}"
+        if question not in seen:
+            seen.add(question)
+            yield {"question": question, "reference": str(answer)}
 
 
 def load_prompts(components: list, split: str) -> list[dict]:

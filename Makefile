@@ -1,0 +1,26 @@
+# The two commands a new user runs on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) bash scripts/install.sh
+	touch $@
+
+demo: install
+	$(VENV)/bin/distill run $(DEMO)
+
+test: install
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow"
+
+bench: install
+	$(VENV)/bin/python bench/sampling_overhead.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,110 @@
+"""The factory's sampling stage against plain `vllm.LLM.generate`, same model and prompts.
+
+Each side runs in its own process, one after the other, so neither shares cores or memory
+with the other. Both are timed end to end as a user waits for them: the baseline from
+constructing `vllm.LLM` to the last output, the factory from `run_pipeline` to the last
+written sample (Ray start, engine start, chat template, verification and Parquet writes
+included). The baseline's generate-only rate is printed too.
+
+    python bench/sampling_overhead.py [--prompts 128] [--n 4] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+RECIPE = {
+    "name": "bench-sampling",
+    "teacher": "smollm2-135m-instruct",
+    "prompts": {"train": [{"source": "arithmetic", "count": 0, "seed": 11}]},
+    "sampling": {"n": 0, "temperature": 0.8, "top_p": 0.95, "max_tokens": 0, "seed": 0, "batch_size": 64},
+    "verifiers": [{"name": "final-number"}],
+}
+
+
+def factory(recipe_path: str) -> dict:
+    from distill.pipeline import run_pipeline
+    from distill.recipe import load_recipe
+
+    started = time.time()
+    run, summaries = run_pipeline(load_recipe(recipe_path), until="sample")
+    seconds = time.time() - started
+    s = summaries["sample"]
+    return {"tokens": s.completion_tokens_new, "seconds": seconds, "samples": s.samples_new}
+
+
+def baseline(recipe_path: str) -> dict:
+    """The same requests the factory sends, through vllm.LLM in this process."""
+    from vllm import LLM, SamplingParams
+
+    from distill.backends.vllm_ray import engine_kwargs
+    from distill.pipeline import open_run
+    from distill.recipe import load_recipe
+    from distill.stages.prompts import build_prompts, read_prompts
+    from distill.stages.sample import plan_work
+    from distill.teachers import model_path
+
+    recipe = load_recipe(recipe_path)
+    run = open_run(recipe)
+    build_prompts(recipe, run.dir)
+    work = plan_work(recipe, read_prompts(run.dir, "train"), done=set())
+    started = time.time()
+    llm = LLM(model=model_path(run.teacher), **engine_kwargs(run.teacher, recipe.teacher.engine_args, recipe.sampling.seed))
+    tok = llm.get_tokenizer()
+    prompts = [tok.apply_chat_template(w["messages"], tokenize=False, add_generation_prompt=True) for w in work]
+    params = [SamplingParams(**w["sampling_params"]) for w in work]
+    gen_started = time.time()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    done = time.time()
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return {"tokens": tokens, "seconds": done - started, "generate_seconds": done - gen_started, "samples": len(outputs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--side", choices=["factory", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--recipe", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:  # a child process: run one side, print its numbers as JSON
+        print("BENCH " + json.dumps(factory(args.recipe) if args.side == "factory" else baseline(args.recipe)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = json.loads(json.dumps(RECIPE))
+        recipe["prompts"]["train"][0]["count"] = args.prompts
+        recipe["sampling"].update(n=args.n, max_tokens=args.max_tokens)
+        results = {}
+        for side in ("baseline", "factory"):
+            recipe["output_dir"] = str(Path(tmp) / side)  # fresh run directories: nothing to resume
+            path = Path(tmp) / f"{side}.yaml"
+            path.write_text(yaml.safe_dump(recipe))
+            proc = subprocess.run([sys.executable, __file__, "--side", side, "--recipe", str(path)],
+                                  capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
+            if proc.returncode or line is None:
+                sys.exit(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            results[side] = json.loads(line[6:])
+
+    b, f = results["baseline"], results["factory"]
+    b_tps, f_tps = b["tokens"] / b["seconds"], f["tokens"] / f["seconds"]
+    print(f"workload: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, demo teacher")
+    print(f"baseline vllm.LLM.generate : {b['samples']} samples, {b['tokens']} output tokens in {b['seconds']:.1f} s "
+          f"= {b_tps:.1f} tok/s end to end ({b['tokens'] / b['generate_seconds']:.1f} tok/s in generate alone)")
+    print(f"distill sampling stage     : {f['samples']} samples, {f['tokens']} output tokens in {f['seconds']:.1f} s "
+          f"= {f_tps:.1f} tok/s end to end")
+    print(f"ratio (distill / baseline, end to end): {f_tps / b_tps:.3f}   target >= 0.95")
+
+
+if __name__ == "__main__":
+    main()
