@@ -61,8 +61,15 @@ def run(
         raise typer.Exit(2)
     r = _load(recipe)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: _Bar(progress, label), verbose=verbose)
+    from distill.pipeline import RunBusy
+
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: _Bar(progress, label),
+                                              verbose=verbose)
+    except RunBusy as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     console.print(f"run directory: {the_run.dir}", highlight=False)
     _print_summary(summaries)
 

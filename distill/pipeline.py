@@ -53,14 +53,14 @@ def open_run(recipe: Recipe) -> Run:
     return run
 
 
-def make_backend(run: Run):
+def make_backend(run: Run, verbose: bool = False):
     from distill.backends.vllm_ray import VLLMRayBackend
 
     c = run.recipe.cluster
     return VLLMRayBackend(
         run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
         cpus_per_replica=c.cpus_per_replica, accelerator_type=c.accelerator_type,
-        batch_size=run.recipe.sampling.batch_size,
+        batch_size=run.recipe.sampling.batch_size, quiet=not verbose,
     )
 
 
@@ -69,10 +69,8 @@ def start_ray(run: Run, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    if not verbose:
-        import logging
-
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # A data factory does not report usage to anyone unless its user opts in.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         address=run.recipe.cluster.address,
         include_dashboard=False,
@@ -90,6 +88,7 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     run = open_run(recipe)
+    lock = _lock(run.dir)  # held until this process ends, kill -9 included
     summaries: dict = {}
     for stage in STAGES:
         if stage == "prompts":
@@ -97,9 +96,33 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
         elif stage == "sample":
             if backend is None:
                 start_ray(run, verbose)
-                backend = make_backend(run)
+                backend = make_backend(run, verbose)
             progress = progress_factory("sampling") if progress_factory else None
             summaries["sample"] = sample_teacher(run, backend, progress)
         if stage == until:
             break
+    lock.close()
     return run, summaries
+
+
+class RunBusy(RuntimeError):
+    pass
+
+
+def _lock(run_dir: Path):
+    """One process per run directory: two at once would sample the same work twice."""
+    import fcntl
+
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunBusy(f"{run_dir} is in use by another distill process (pid {holder}); wait for it or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -71,7 +71,8 @@ class VLLMRayBackend:
     name = NAME
 
     def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
-                 cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16):
+                 cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16,
+                 quiet: bool = True):
         self.teacher = teacher
         self.model = model_path(teacher)
         self.kwargs = engine_kwargs(teacher, engine_overrides, seed)
@@ -79,6 +80,7 @@ class VLLMRayBackend:
         self.cpus_per_replica = cpus_per_replica
         self.accelerator_type = accelerator_type
         self.batch_size = batch_size
+        self.quiet = quiet
         self.eos_ids = _eos_ids(self.model)
 
     def describe(self) -> dict[str, Any]:
@@ -118,6 +120,8 @@ class VLLMRayBackend:
             preprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
             postprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
         )
+        if self.quiet:  # Ray Data sets its own log level when first used: quieten it here
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         blocks = max(1, len(requests) // self.batch_size)
         ds = processor(ray.data.from_items(requests, override_num_blocks=blocks))
         max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
