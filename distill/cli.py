@@ -94,6 +94,10 @@ def _print_summary(summaries: dict) -> None:
                 v.add_row(name, str(c["passed"]), str(c["failed"]), str(c["none"]),
                           f"{c['passed'] / scored:.1%}" if scored else "-")
             console.print(v)
+    if d := summaries.get("dataset"):
+        dropped = ", ".join(f"{reason} {n}" for reason, n in d["dropped"].items()) or "none"
+        console.print(f"dataset: {d['rows']} rows kept of {d['samples']} samples "
+                      f"({d['prompts_with_a_kept_sample']} prompts); dropped: {dropped}")
 
 
 @app.command("ls")

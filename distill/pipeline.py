@@ -18,7 +18,7 @@ from distill.lineage import code_version
 from distill.recipe import Recipe
 from distill.teachers import Teacher, load_teacher
 
-STAGES = ["prompts", "sample"]  # verification runs inside `sample`, batch by batch
+STAGES = ["prompts", "sample", "dataset"]  # verification runs inside `sample`, batch by batch
 
 
 @dataclass
@@ -82,6 +82,7 @@ def start_ray(run: Run, verbose: bool = False) -> None:
 def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, progress_factory: Callable | None = None,
                  verbose: bool = False) -> tuple[Run, dict]:
     """Runs stages up to and including `until`; returns the run and each stage's summary."""
+    from distill.stages.dataset import build_dataset
     from distill.stages.prompts import build_prompts
     from distill.stages.sample import sample_teacher
 
@@ -99,6 +100,8 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
                 backend = make_backend(run, verbose)
             progress = progress_factory("sampling") if progress_factory else None
             summaries["sample"] = sample_teacher(run, backend, progress)
+        elif stage == "dataset":
+            summaries["dataset"] = build_dataset(run)
         if stage == until:
             break
     lock.close()

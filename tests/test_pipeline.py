@@ -43,5 +43,5 @@ def test_until_prompts_stops_before_sampling(recipe):
 
 
 def test_unknown_stage_is_refused(recipe):
-    with pytest.raises(ValueError, match="stages: prompts, sample"):
+    with pytest.raises(ValueError, match="stages: prompts, sample, dataset"):
         run_pipeline(recipe, until="train", backend=NoBackend())

@@ -1,0 +1,175 @@
+"""Dataset: the kept samples as an SFT dataset in chat format, with a manifest and a card.
+
+A sample is kept when it is not an error, every required verifier accepted it, and it is
+not an exact duplicate (same prompt, same completion) of a sample kept before it.
+Rows are in TRL's prompt-completion conversational format, so the trainer computes the
+loss on the completion only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import storage
+from distill.stages.sample import read_samples
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+DATASET_SCHEMA = pa.schema([
+    ("prompt", pa.list_(MESSAGE)),
+    ("completion", pa.list_(MESSAGE)),
+    ("sample_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt_source", pa.string()),
+    ("prompt_licence", pa.string()),
+    ("teacher_id", pa.string()),
+    ("teacher_licence", pa.string()),
+])
+
+
+def build_dataset(run) -> dict:
+    """Writes dataset/train.parquet, dataset/manifest.json and dataset/README.md; returns the manifest."""
+    samples = read_samples(run.dir).to_pylist()
+    samples.sort(key=lambda s: (s["prompt_id"], s["sample_index"]))  # the same order on every machine
+    drops: Counter = Counter()
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for s in samples:
+        if s["error"]:
+            drops["error"] += 1
+            continue
+        if not s["accepted"]:
+            drops["not accepted by the verifiers"] += 1
+            continue
+        key = (s["prompt_id"], s["completion"].strip())
+        if key in seen:
+            drops["exact duplicate"] += 1
+            continue
+        seen.add(key)
+        rows.append({
+            "prompt": json.loads(s["messages"]),
+            "completion": [{"role": "assistant", "content": s["completion"]}],
+            "sample_id": s["sample_id"],
+            "prompt_id": s["prompt_id"],
+            "prompt_source": s["prompt_source"],
+            "prompt_licence": s["prompt_licence"],
+            "teacher_id": s["teacher_id"],
+            "teacher_licence": s["teacher_licence"],
+        })
+    table = pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
+    out = run.dir / "dataset"
+    storage.write_parquet(out / "train.parquet", table)
+    manifest = {
+        "run_id": run.id,
+        "recipe_hash": run.recipe_hash,
+        "code_version": run.code_version,
+        "content_sha256": content_hash(rows),
+        "rows": len(rows),
+        "samples": len(samples),
+        "prompts_with_a_kept_sample": len({r["prompt_id"] for r in rows}),
+        "dropped": dict(sorted(drops.items())),
+        "verifiers": _verifier_counts(samples),
+        "filters": {},  # no filter is registered yet
+        "teachers": _teachers(samples),
+        "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
+    }
+    storage.write_json(out / "manifest.json", manifest)
+    storage.write_text(out / "README.md", dataset_card(run, manifest))
+    return manifest
+
+
+def read_dataset(run_dir: Path) -> pa.Table:
+    return pq.read_table(run_dir / "dataset" / "train.parquet")
+
+
+def content_hash(rows: list[dict]) -> str:
+    """Of the training content alone (prompts and completions, in order): two runs that kept
+    the same text have the same hash, whatever their ids or timestamps."""
+    digest = hashlib.sha256()
+    for r in rows:
+        digest.update(json.dumps([r["prompt"], r["completion"]], sort_keys=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _verifier_counts(samples: list[dict]) -> dict:
+    counts: dict[str, Counter] = {}
+    for s in samples:
+        for v in s["verdicts"] or []:
+            c = counts.setdefault(v["verifier"], Counter())
+            c["cannot verify" if v["score"] is None else "passed" if v["passed"] else "failed"] += 1
+    return {name: dict(c) for name, c in counts.items()}
+
+
+def _teachers(samples: list[dict]) -> list[dict]:
+    found = {(s["teacher_id"], s["teacher_model"], s["teacher_revision"], s["teacher_licence"]) for s in samples}
+    return [{"id": i, "model": m, "revision": r, "licence": lic} for i, m, r, lic in sorted(found)]
+
+
+def dataset_card(run, manifest: dict) -> str:
+    """A Hugging Face dataset card written from the manifest alone."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    licences = sorted({t["licence"] for t in manifest["teachers"]} | set(manifest["prompt_licences"]))
+    data = DatasetCardData(
+        tags=["synthetic-data", "distillation", "distill"],
+        task_categories=["text-generation"],
+        size_categories=[_size_category(manifest["rows"])],
+    )
+    teacher_lines = "\n".join(
+        f"| {t['id']} | {t['model']} | {t['revision']} | {t['licence']} |" for t in manifest["teachers"]
+    )
+    prompt_lines = "\n".join(f"| {lic} | {n} |" for lic, n in manifest["prompt_licences"].items())
+    verifier_lines = "\n".join(
+        f"| {name} | {c.get('passed', 0)} | {c.get('failed', 0)} | {c.get('cannot verify', 0)} |"
+        for name, c in manifest["verifiers"].items()
+    )
+    dropped = ", ".join(f"{reason}: {n}" for reason, n in manifest["dropped"].items()) or "none"
+    body = f"""
+# {run.recipe.name}: distilled training data
+
+Samples from the teacher(s) below that the verifiers accepted, one row per kept sample, in
+the prompt-completion chat format. Made by distill {manifest['code_version']} from the
+recipe with hash `{manifest['recipe_hash']}` (run `{manifest['run_id']}`).
+
+- rows: {manifest['rows']} kept of {manifest['samples']} samples, covering {manifest['prompts_with_a_kept_sample']} prompts
+- dropped: {dropped}
+- content hash (sha256 of prompts and completions): `{manifest['content_sha256']}`
+
+## Teachers
+
+| id | model | revision | licence |
+|---|---|---|---|
+{teacher_lines}
+
+## Prompt licences
+
+| licence | rows |
+|---|---|
+{prompt_lines}
+
+## Verifiers
+
+| verifier | passed | failed | cannot verify |
+|---|---|---|---|
+{verifier_lines}
+
+## Licence
+
+Licences involved: {', '.join(licences) or 'none'}. The licence of this dataset and the
+obligations it carries are derived by distill's licence engine, which is not built yet:
+until then, check each teacher's terms on the use of its outputs before you publish.
+"""
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"

