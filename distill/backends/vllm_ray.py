@@ -48,6 +48,10 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
         # Compiling the model takes longer than a demo's whole sampling run on 2 cores.
         kwargs.setdefault("enforce_eager", True)
         # A CPU engine serves one replica per Ray actor; it cannot shard over processes here.
+        if kwargs["tensor_parallel_size"] * kwargs["pipeline_parallel_size"] > 1:
+            logging.getLogger(__name__).warning(
+                "no GPU: serving %s unsharded (tensor/pipeline parallel %s x %s are for GPUs)",
+                teacher.id, kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"])
         kwargs["tensor_parallel_size"] = kwargs["pipeline_parallel_size"] = 1
     return kwargs
 
