@@ -59,3 +59,11 @@ def test_an_engine_error_becomes_an_error_result():
     out = backend._result({"work_id": "p:1", "__inference_error__": "ValueError: too long"}, {"p:1": 16})
     assert out == {"work_id": "p:1", "text": None, "prompt_tokens": 0, "completion_tokens": 0,
                    "finish_reason": "error", "error": "ValueError: too long"}
+
+
+def test_a_missing_error_value_from_pandas_is_no_error():
+    backend = object.__new__(vllm_ray.VLLMRayBackend)
+    backend.kwargs, backend.eos_ids = {}, {2}
+    row = {"work_id": "p:0", "text": "x", "prompt_tokens": 3, "completion_tokens": 4, "last_token": 2,
+           "error": float("nan"), "__inference_error__": float("nan")}
+    assert backend._result(row, {"p:0": 16})["error"] == ""

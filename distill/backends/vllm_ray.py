@@ -133,7 +133,8 @@ class VLLMRayBackend:
             yield [self._result(row, max_tokens) for row in batch.to_dict("records")]
 
     def _result(self, row: dict, max_tokens: dict[str, int]) -> dict:
-        error = row.get("__inference_error__") or row.get("error") or ""
+        # Missing values come back from pandas as None or NaN depending on the batch.
+        error = next((e for e in (row.get("__inference_error__"), row.get("error")) if isinstance(e, str) and e), "")
         if error:  # error rows skip the postprocess and keep the request's columns
             return {"work_id": row["work_id"], "text": None, "prompt_tokens": 0, "completion_tokens": 0,
                     "finish_reason": "error", "error": str(error)}
