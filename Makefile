@@ -6,7 +6,7 @@ DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh
+$(VENV)/.installed: pyproject.toml scripts/install.sh constraints-cpu.txt
 	VENV=$(VENV) bash scripts/install.sh
 	touch $@
 

