@@ -2,7 +2,7 @@
 
 Each side runs in its own process, one after the other, so neither shares cores or memory
 with the other. Both are timed end to end as a user waits for them: the baseline from
-constructing `vllm.LLM` to the last output, the factory from `run_pipeline` to the last
+importing vllm and constructing `vllm.LLM` to the last output, the factory from `run_pipeline` to the last
 written sample (Ray start, engine start, chat template, verification and Parquet writes
 included). The baseline's generate-only rate is printed too.
 
@@ -43,8 +43,6 @@ def factory(recipe_path: str) -> dict:
 
 def baseline(recipe_path: str) -> dict:
     """The same requests the factory sends, through vllm.LLM in this process."""
-    from vllm import LLM, SamplingParams
-
     from distill.backends.vllm_ray import engine_kwargs
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
@@ -56,7 +54,9 @@ def baseline(recipe_path: str) -> dict:
     run = open_run(recipe)
     build_prompts(recipe, run.dir)
     work = plan_work(recipe, read_prompts(run.dir, "train"), done=set())
-    started = time.time()
+    started = time.time()  # before importing vllm: the factory's engine actor pays that import too
+    from vllm import LLM, SamplingParams
+
     llm = LLM(model=model_path(run.teacher), **engine_kwargs(run.teacher, recipe.teacher.engine_args, recipe.sampling.seed))
     tok = llm.get_tokenizer()
     prompts = [tok.apply_chat_template(w["messages"], tokenize=False, add_generation_prompt=True) for w in work]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -136,7 +137,7 @@ class Cluster(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    name: str = Field(max_length=100)  # names the run directory
     teacher: TeacherRef
     prompts: Prompts
     sampling: Sampling = Sampling()
@@ -150,6 +151,13 @@ class Recipe(Section):
     output_dir: str = "runs"
 
     _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-', starting with a letter or digit: it names the run directory")
+        return v
 
     @field_validator("teacher", mode="before")
     @classmethod

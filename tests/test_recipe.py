@@ -120,7 +120,7 @@ def test_validate_cli_ok(tmp_path):
         pytest.param(VALID.replace("teacher: smollm2-135m-instruct\n", ""), "teacher",
                      ["required key is missing"], id="missing-teacher"),
         pytest.param(VALID.replace("name: test-recipe", "name: 'has spaces'"), "name",
-                     ["'has spaces'", "pattern"], id="bad-name"),
+                     ["'has spaces'", "names the run directory"], id="bad-name"),
         pytest.param(VALID.replace("    - source: arithmetic\n      count: 5\n", "    - source: jsonl\n      path: recipe.yaml\n"),
                      "prompts.train[0].licence", ["required key is missing"], id="file-source-without-licence"),
         pytest.param(VALID.replace("source: arithmetic", "source: csv"), "prompts.train[0].source",
