@@ -89,22 +89,21 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     run = open_run(recipe)
-    lock = _lock(run.dir)  # held until this process ends, kill -9 included
     summaries: dict = {}
-    for stage in STAGES:
-        if stage == "prompts":
-            summaries["prompts"] = build_prompts(recipe, run.dir)
-        elif stage == "sample":
-            if backend is None:
-                start_ray(run, verbose)
-                backend = make_backend(run, verbose)
-            progress = progress_factory("sampling") if progress_factory else None
-            summaries["sample"] = sample_teacher(run, backend, progress)
-        elif stage == "dataset":
-            summaries["dataset"] = build_dataset(run)
-        if stage == until:
-            break
-    lock.close()
+    with _lock(run.dir):  # released on return or error; a killed process releases it too
+        for stage in STAGES:
+            if stage == "prompts":
+                summaries["prompts"] = build_prompts(recipe, run.dir)
+            elif stage == "sample":
+                if backend is None:
+                    start_ray(run, verbose)
+                    backend = make_backend(run, verbose)
+                progress = progress_factory("sampling") if progress_factory else None
+                summaries["sample"] = sample_teacher(run, backend, progress)
+            elif stage == "dataset":
+                summaries["dataset"] = build_dataset(run)
+            if stage == until:
+                break
     return run, summaries
 
 
