@@ -43,7 +43,9 @@ def factory(recipe_path: str) -> dict:
 
 def baseline(recipe_path: str) -> dict:
     """The same requests the factory sends, through vllm.LLM in this process."""
-    from distill.backends.vllm_ray import engine_kwargs
+    import os
+
+    from distill.backends.vllm_ray import cpu_engine_env, engine_kwargs
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
     from distill.stages.prompts import build_prompts, read_prompts
@@ -54,6 +56,7 @@ def baseline(recipe_path: str) -> dict:
     run = open_run(recipe)
     build_prompts(recipe, run.dir)
     work = plan_work(recipe, read_prompts(run.dir, "train"), done=set())
+    os.environ.update(cpu_engine_env())  # the engine settings the factory's actor gets
     started = time.time()  # before importing vllm: the factory's engine actor pays that import too
     from vllm import LLM, SamplingParams
 

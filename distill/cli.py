@@ -98,6 +98,52 @@ def _print_summary(summaries: dict) -> None:
         dropped = ", ".join(f"{reason} {n}" for reason, n in d["dropped"].items()) or "none"
         console.print(f"dataset: {d['rows']} rows kept of {d['samples']} samples "
                       f"({d['prompts_with_a_kept_sample']} prompts); dropped: {dropped}")
+    if t := summaries.get("train"):
+        console.print(f"train: {t['method']}, {t['steps']} steps, loss {t['train_loss']:.4f}, "
+                      f"{t['tokens_per_second']:.0f} tokens/s" + (" (resumed from a checkpoint)" if t["resumed"] else ""))
+    if e := summaries.get("evaluate"):
+        _print_eval(e)
+    for key in ("card", "report"):
+        if x := summaries.get(key):
+            console.print(f"{key}: {x[key]}", highlight=False, soft_wrap=True)
+
+
+def _print_eval(e: dict) -> None:
+    t = Table(title=f"student vs teacher on {e['held_out_prompts']} held-out prompts (k={e['k']})")
+    for col in ("model", "pass@1", f"pass@{e['k']}", "greedy", "mean tokens", "cost / correct"):
+        t.add_column(col, justify="right")
+    for role in ("teacher", "student"):
+        m = e[role]
+        cost = "-" if m["cost_per_correct"] is None else f"{m['cost_per_correct']:.3g}"
+        t.add_row(f"{role}: {m['model']}", f"{m['pass@1']:.1%}", f"{m['pass@k']:.1%}", f"{m['greedy_accuracy']:.1%}",
+                  f"{m['mean_output_tokens']:.1f}", cost)
+    console.print(t)
+
+
+@app.command()
+def card(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>/<run id>")):
+    """Rebuild the student's model card (student/README.md) and lineage.json from the run directory alone."""
+    from distill.stages.card import write_card
+
+    try:
+        path = write_card(run_dir)
+    except FileNotFoundError as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>/<run id>")):
+    """Redraw report.html from the run directory."""
+    from pathlib import Path
+
+    from distill.report import build_report
+
+    if not (Path(run_dir) / "recipe.resolved.yaml").is_file():
+        err.print(f"{run_dir}: not a distill run directory (no recipe.resolved.yaml)", markup=False, highlight=False)
+        raise typer.Exit(2)
+    console.print(f"wrote {build_report(run_dir)}", highlight=False, soft_wrap=True)
 
 
 @app.command("ls")

@@ -18,7 +18,8 @@ from distill.lineage import code_version
 from distill.recipe import Recipe
 from distill.teachers import Teacher, load_teacher
 
-STAGES = ["prompts", "sample", "dataset"]  # verification runs inside `sample`, batch by batch
+# Verification runs inside `sample`, batch by batch.
+STAGES = ["prompts", "sample", "dataset", "train", "evaluate", "card", "report"]
 
 
 @dataclass
@@ -53,12 +54,13 @@ def open_run(recipe: Recipe) -> Run:
     return run
 
 
-def make_backend(run: Run, verbose: bool = False):
+def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None):
+    """A backend serving the teacher, or `model` (the student, for evaluation) with the same settings."""
     from distill.backends.vllm_ray import VLLMRayBackend
 
     c = run.recipe.cluster
     return VLLMRayBackend(
-        run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
+        model or run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
         cpus_per_replica=c.cpus_per_replica, accelerator_type=c.accelerator_type,
         batch_size=run.recipe.sampling.batch_size, quiet=not verbose,
     )
@@ -80,31 +82,95 @@ def start_ray(run: Run, verbose: bool = False) -> None:
 
 
 def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, progress_factory: Callable | None = None,
-                 verbose: bool = False) -> tuple[Run, dict]:
-    """Runs stages up to and including `until`; returns the run and each stage's summary."""
-    from distill.stages.dataset import build_dataset
-    from distill.stages.prompts import build_prompts
-    from distill.stages.sample import sample_teacher
+                 verbose: bool = False, backend_for: Callable | None = None) -> tuple[Run, dict]:
+    """Runs stages up to and including `until`; returns the run and each stage's summary.
 
+    `backend` (teacher sampling) and `backend_for(model)` (evaluation) replace the vLLM
+    backends, for tests.
+    """
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    if recipe.student is None:  # without a student the factory makes data only
+        stages = [s for s in stages if s in ("prompts", "sample", "dataset", "report")]
     run = open_run(recipe)
     summaries: dict = {}
+    from distill.tracking import Tracker
+
     with _lock(run.dir):  # released on return or error; a killed process releases it too
-        for stage in STAGES:
-            if stage == "prompts":
-                summaries["prompts"] = build_prompts(recipe, run.dir)
-            elif stage == "sample":
-                if backend is None:
-                    start_ray(run, verbose)
-                    backend = make_backend(run, verbose)
-                progress = progress_factory("sampling") if progress_factory else None
-                summaries["sample"] = sample_teacher(run, backend, progress)
-            elif stage == "dataset":
-                summaries["dataset"] = build_dataset(run)
-            if stage == until:
-                break
+        tracker = Tracker(run, stages)
+        try:
+            for stage in stages:
+                summaries[stage] = _run_stage(stage, run, tracker, backend, backend_for, progress_factory, verbose)
+        except BaseException:
+            tracker.finish(failed=True)
+            raise
+        tracker.finish()
     return run, summaries
+
+
+def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_factory, verbose: bool):
+    recipe = run.recipe
+    bar = (lambda label: progress_factory(label)) if progress_factory else (lambda label: None)
+    if stage == "prompts":
+        from distill.stages.prompts import build_prompts
+
+        out = build_prompts(recipe, run.dir)
+        tracker.log(out, "prompts")
+        return out
+    if stage == "sample":
+        from distill.stages.sample import sample_teacher
+
+        if backend is None:
+            start_ray(run, verbose)
+            backend = make_backend(run, verbose)
+        out = sample_teacher(run, backend, bar("sampling"))
+        tracker.log({"samples": out.samples_total, "accepted": out.accepted, "errors": out.errors,
+                     "accept_rate": out.accepted / out.samples_total if out.samples_total else 0.0,
+                     "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier}, "sample")
+        return out
+    if stage == "dataset":
+        from distill.stages.dataset import build_dataset, read_dataset
+
+        out = build_dataset(run)
+        tracker.log({k: out[k] for k in ("rows", "samples", "prompts_with_a_kept_sample", "dropped")}, "dataset")
+        tracker.table("dataset/rows", _sample_rows(read_dataset(run.dir)))
+        return out
+    if stage == "train":
+        from distill.stages.train import train_student
+
+        out = train_student(run, bar("training"), report_to=["wandb"] if tracker.active else [])
+        tracker.summary({k: out[k] for k in ("steps", "train_loss", "trained_tokens", "tokens_per_second")}, "train")
+        return out
+    if stage == "evaluate":
+        from distill.stages.evaluate import evaluate
+
+        def serve(model):
+            if backend_for is not None:
+                return backend_for(model)
+            start_ray(run, verbose)
+            return make_backend(run, verbose, model)
+
+        out = evaluate(run, serve, progress_factory)
+        tracker.summary({role: {k: v for k, v in out[role].items() if isinstance(v, (int, float))}
+                         for role in ("teacher", "student")}, "eval")
+        return out
+    if stage == "card":
+        from distill.stages.card import write_card
+
+        return {"card": str(write_card(run.dir))}
+    if stage == "report":
+        from distill.report import build_report
+
+        return {"report": str(build_report(run.dir))}
+    raise AssertionError(stage)
+
+
+def _sample_rows(table, limit: int = 200) -> list[dict]:
+    """A readable slice of the dataset for the tracker's table view."""
+    rows = table.slice(0, limit).to_pylist()
+    return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"][-1]["content"], "completion": r["completion"][0]["content"],
+             "teacher": r["teacher_id"]} for r in rows]
 
 
 class RunBusy(RuntimeError):

@@ -108,8 +108,10 @@ class Train(Section):
     batch_size: int = Field(8, ge=1)  # per device
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)
-    packing: bool = False
+    # Several short samples share one row, no padding (padding-free batches): far fewer wasted tokens.
+    packing: bool = True
     seed: int = 0
+    save_steps: int = Field(50, ge=1)  # a checkpoint every this many steps: what a killed training can lose
     lora: Lora = Lora()
     deepspeed_stage: Literal[0, 2, 3] = 0  # 0: no DeepSpeed (CPU and single GPU)
     # Further trl.SFTConfig arguments, passed through unchanged.
@@ -124,7 +126,9 @@ class Eval(Section):
 
 
 class Tracking(Section):
-    wandb: Literal["offline", "online", "disabled"] = "offline"  # offline: nothing leaves the machine
+    # auto: online when the user has logged in to wandb (an API key is set), else offline;
+    # offline keeps everything in the run directory and sends nothing.
+    wandb: Literal["auto", "offline", "online", "disabled"] = "auto"
     project: str = "distill"
     entity: str | None = None
 
@@ -359,6 +363,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
     if recipe is not None:
         problems.extend(_check_passthrough(recipe))
+        if recipe.student is not None:
+            from distill.stages.train import check_base
+
+            recipe._path = path
+            if (why := check_base(recipe)) is not None:
+                problems.append(Problem("student.base", why))
 
     if problems:
         raise RecipeError(file, problems)
@@ -371,17 +381,45 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
+# SFTConfig arguments the `train:` section already sets under its own names.
+TRAIN_OWNS = {
+    "num_train_epochs": "epochs", "learning_rate": "learning_rate", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "max_length": "max_length",
+    "packing": "packing", "seed": "seed", "save_steps": "save_steps", "deepspeed": "deepspeed_stage",
+    "output_dir": None, "report_to": None,
+}
+
+
+def _check_trl_args(recipe: Recipe) -> list[Problem]:
+    import dataclasses
+
+    from trl import SFTConfig
+
+    problems = []
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key, value in recipe.train.trl_args.items():
+        where = f"train.trl_args.{key}"
+        if key in TRAIN_OWNS:
+            own = TRAIN_OWNS[key]
+            problems.append(Problem(where, f"set it as train.{own}, not in trl_args" if own
+                                    else "distill sets this one itself (the run directory and tracking decide it)"))
+        elif key not in fields:
+            hint = closest(key, sorted(fields))
+            problems.append(Problem(where, f"{_show(value)}: not a trl.SFTConfig field" + (f" (did you mean {hint!r}?)" if hint else "")))
+    return problems
+
+
 def _check_passthrough(recipe: Recipe) -> list[Problem]:
-    """Pass-through keys go to vLLM unchanged, so check them against vLLM's own fields."""
+    """Pass-through keys go to vLLM and TRL unchanged, so check them against their own fields."""
+    problems = _check_trl_args(recipe) if recipe.train.trl_args else []
     if not (recipe.sampling.extra or recipe.teacher.engine_args):
-        return []
+        return problems
     import dataclasses
     import inspect
 
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
 
-    problems = []
     sampling_fields = set(inspect.signature(SamplingParams).parameters) - {"n", "seed"}
     engine_fields = {f.name for f in dataclasses.fields(EngineArgs)}
     for key, value in recipe.sampling.extra.items():

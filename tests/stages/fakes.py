@@ -52,5 +52,6 @@ def write_recipe(tmp_path: Path) -> Path:
                     "system_prompt": "Be brief."},
         "sampling": {"n": 3, "seed": 7, "max_tokens": 16, "extra": {}},
         "verifiers": [{"name": "final-number"}, {"name": "math", "required": False}],
+        "tracking": {"wandb": "disabled"},
     }))
     return tmp_path / "r.yaml"

@@ -1,0 +1,154 @@
+"""report.html: one page a person opens in a browser to see what a run did.
+
+Plots are drawn with matplotlib as inline SVG, so the page is one self-contained file that
+works offline and can be attached to a ticket.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+from distill import storage
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog: the SVG sits inside HTML
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.4, 3.4))
+
+
+def plot_accept_rates(per_verifier: dict) -> str | None:
+    if not per_verifier:
+        return None
+    fig, ax = _figure()
+    names = list(per_verifier)
+    rates, unknown = [], []
+    for n in names:
+        c = per_verifier[n]
+        total = sum(c.values()) or 1
+        rates.append(c.get("passed", 0) / total)
+        unknown.append(c.get("cannot verify", 0) / total)
+    ax.bar(names, rates, label="accepted", color="#3a7d44")
+    ax.bar(names, unknown, bottom=rates, label="cannot verify", color="#c9c9c9")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of samples")
+    ax.set_title("Accept rate per verifier")
+    ax.legend()
+    return _svg(fig)
+
+
+def plot_lengths(kept: list[int], rejected: list[int]) -> str | None:
+    if not kept and not rejected:
+        return None
+    fig, ax = _figure()
+    top = max(kept + rejected)
+    bins = list(range(0, top + max(1, top // 30) + 1, max(1, top // 30)))
+    ax.hist([rejected, kept], bins=bins, label=[f"rejected ({len(rejected)})", f"kept ({len(kept)})"],
+            color=["#c0504d", "#3a7d44"], stacked=True)
+    ax.set_xlabel("completion tokens")
+    ax.set_ylabel("samples")
+    ax.set_title("Completion lengths, kept vs rejected")
+    ax.legend()
+    return _svg(fig)
+
+
+def plot_loss(log: list[dict]) -> str | None:
+    points = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    if not points:
+        return None
+    fig, ax = _figure()
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss (completion tokens only)")
+    return _svg(fig)
+
+
+def plot_eval(ev: dict | None) -> str | None:
+    if not ev:
+        return None
+    fig, ax = _figure()
+    metrics = ["pass@1", "pass@k", "greedy_accuracy"]
+    labels = ["pass@1", f"pass@{ev['k']}", "greedy"]
+    x = range(len(metrics))
+    w = 0.38
+    for offset, role, color in ((-w / 2, "teacher", "#7f7f7f"), (w / 2, "student", "#1f77b4")):
+        vals = [ev[role][m] for m in metrics]
+        bars = ax.bar([i + offset for i in x], vals, w, label=f"{role}: {ev[role]['model']}", color=color)
+        ax.bar_label(bars, labels=[f"{v:.0%}" for v in vals], fontsize=8)
+    ax.set_xticks(list(x), labels)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(f"Student vs teacher on {ev['held_out_prompts']} held-out prompts")
+    ax.legend(loc="upper left")
+    return _svg(fig)
+
+
+def build_report(run_dir: Path) -> Path:
+    """Writes report.html from the files in the run directory; missing stages are said so."""
+    from distill.stages.sample import read_samples
+
+    run_dir = Path(run_dir)
+    manifest = _json(run_dir / "dataset" / "manifest.json")
+    train = _json(run_dir / "train" / "summary.json")
+    ev = _json(run_dir / "eval.json")
+    samples = read_samples(run_dir, ["accepted", "completion_tokens", "error"]).to_pylist()
+    kept = [s["completion_tokens"] for s in samples if s["accepted"]]
+    rejected = [s["completion_tokens"] for s in samples if not s["accepted"] and not s["error"]]
+    per_verifier = (manifest or {}).get("verifiers", {})
+
+    sections = [
+        ("Verifiers", plot_accept_rates(per_verifier), "no samples verified yet"),
+        ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
+        ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),
+        ("Student vs teacher", plot_eval(ev), "the evaluate stage has not run"),
+    ]
+    facts = []
+    if samples:
+        facts.append(f"{len(samples)} samples, {len(kept)} accepted ({len(kept) / len(samples):.1%})")
+    if manifest:
+        facts.append(f"dataset: {manifest['rows']} rows, dropped: "
+                     + (", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()) or "none"))
+    if train:
+        facts.append(f"training: {train['steps']} steps, final loss {train['train_loss']:.4f}, "
+                     f"{train['tokens_per_second']:.0f} tokens/s")
+    if ev:
+        facts.append(f"pass@1 teacher {ev['teacher']['pass@1']:.1%} vs student {ev['student']['pass@1']:.1%}")
+    resolved = (run_dir / "recipe.resolved.yaml").read_text() if (run_dir / "recipe.resolved.yaml").is_file() else ""
+    body = "\n".join(
+        f"<section><h2>{html.escape(title)}</h2>{svg if svg else f'<p class=none>{html.escape(none)}</p>'}</section>"
+        for title, svg, none in sections
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>distill report: {html.escape(run_dir.parent.name)} / {html.escape(run_dir.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:920px;margin:2em auto;padding:0 1em;color:#222}}
+section{{margin:1.5em 0}} svg{{max-width:100%;height:auto}} .none{{color:#888}} pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style>
+</head><body>
+<h1>distill run {html.escape(run_dir.parent.name)} / {html.escape(run_dir.name)}</h1>
+<ul>{''.join(f'<li>{html.escape(f)}</li>' for f in facts)}</ul>
+{body}
+<details><summary>Resolved recipe</summary><pre>{html.escape(resolved)}</pre></details>
+</body></html>
+"""
+    target = run_dir / "report.html"
+    storage.write_text(target, page)
+    return target
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,212 @@
+"""Card: the student's Hugging Face model card and lineage.json, from the run directory alone.
+
+Everything on the card is read from files the run wrote (recipe.resolved.yaml,
+dataset/manifest.json, train/summary.json, eval.json, student/distill.json), so
+`distill card RUN_DIR` rebuilds the same card on any machine, with or without the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from distill import storage
+
+# Hub licence ids the hub knows; anything else is written as `other` plus a name and a link.
+HUB_LICENCES = {
+    "apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail", "llama2",
+    "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "odc-by", "other",
+}
+REQUIRED_FILES = ("recipe.resolved.yaml", "dataset/manifest.json", "train/summary.json", "student/distill.json")
+
+
+def read_run(run_dir: Path) -> dict:
+    """What the card needs, from the run directory; says which file is missing."""
+    run_dir = Path(run_dir)
+    missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir}: not a finished distill run (missing {', '.join(missing)}); "
+            "run the recipe through the train stage first: distill run RECIPE"
+        )
+    resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
+    evaluation = run_dir / "eval.json"
+    return {
+        "resolved": resolved,
+        "manifest": json.loads((run_dir / "dataset/manifest.json").read_text()),
+        "train": json.loads((run_dir / "train/summary.json").read_text()),
+        "student": json.loads((run_dir / "student/distill.json").read_text()),
+        "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else None,
+    }
+
+
+def licence_of(info: dict) -> dict:
+    """The student's licence and obligations.
+
+    Interim rule until the licence engine decides it: the base model's licence, with the
+    derivation marked pending; teachers' terms are listed for the reader to check.
+    """
+    base = info["train"]["base"]
+    lic = base["licence"]
+    out = {"license": lic if lic in HUB_LICENCES else "other", "obligations": [], "derived_by": "pending"}
+    if lic not in HUB_LICENCES:
+        out["license_name"] = lic
+        out["license_link"] = f"https://huggingface.co/{base['model']}"
+    return out
+
+
+def lineage(run_dir: Path, info: dict | None = None) -> dict:
+    """The student's lineage record: base, teachers, dataset, licences, training, code."""
+    info = info or read_run(run_dir)
+    r, m, t = info["resolved"], info["manifest"], info["train"]
+    recipe = r["recipe"]
+    return {
+        "model": {"name": recipe["student"]["name"], "revision": t["weights_sha256"], "params_b": info["student"]["params_b"]},
+        "base_model": t["base"] | {"path": None},
+        "teachers": m["teachers"],
+        "dataset": {"name": dataset_name(r, m), "content_sha256": m["content_sha256"], "rows": m["rows"],
+                    "prompt_licences": m["prompt_licences"]},
+        "licence": licence_of(info),
+        "training": {"method": t["method"], "epochs": t["epochs"], "steps": t["steps"], "train_loss": t["train_loss"],
+                     "config": recipe["train"]},
+        "recipe_hash": r["recipe_hash"],
+        "run_id": r["run_id"],
+        "code_version": r["code_version"],
+    }
+
+
+def dataset_name(resolved: dict, manifest: dict) -> str:
+    return f"{resolved['recipe']['name']}-sft-{manifest['content_sha256'][:12]}"
+
+
+def model_card(run_dir: Path) -> str:
+    """The card text (front matter + body)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    info = read_run(run_dir)
+    lin = lineage(run_dir, info)
+    recipe = info["resolved"]["recipe"]
+    ev = info["eval"]
+    lic = lin["licence"]
+    name = lin["model"]["name"]
+    results = []
+    if ev:
+        for metric, value in (("pass@1", ev["student"]["pass@1"]), ("greedy_accuracy", ev["student"]["greedy_accuracy"])):
+            results.append(EvalResult(
+                task_type="text-generation", dataset_type=f"{recipe['name']}-held-out", dataset_name=f"{recipe['name']} held-out prompts",
+                dataset_split="eval", metric_type=metric, metric_value=round(value, 4),
+                metric_name=f"{metric} ({', '.join(ev['verifiers'])})"
+            ))
+    data = ModelCardData(
+        model_name=name,
+        license=lic["license"],
+        license_name=lic.get("license_name"),
+        license_link=lic.get("license_link"),
+        base_model=lin["base_model"]["model"],
+        base_model_relation="finetune",
+        datasets=[lin["dataset"]["name"]],
+        tags=["distillation", "synthetic-data", "distill", "trl", "sft"],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        eval_results=results or None,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{_body(info, lin)}").content
+
+
+def _body(info: dict, lin: dict) -> str:
+    r = info["resolved"]
+    recipe, m, t, ev = r["recipe"], info["manifest"], info["train"], info["eval"]
+    teachers = "\n".join(f"| teacher | {x['model']} | {x['revision']} | {x['licence']} |" for x in lin["teachers"])
+    base = lin["base_model"]
+    prompt_lic = ", ".join(f"{k} ({v} rows)" for k, v in m["prompt_licences"].items()) or "none"
+    lic = lin["licence"]
+    if lic["derived_by"] == "pending":
+        licence_text = (f"`{lic['license']}`, the base model's licence. The derivation from every source's terms "
+                        "(teachers, base model, prompt sets) by distill's licence engine is pending: check each "
+                        "teacher's terms on the use of its outputs before you publish this model.")
+    else:
+        licence_text = f"`{lic['license']}`, derived by {lic['derived_by']} from the terms of every source."
+    obligations = "\n".join(f"- {o}" for o in lic["obligations"]) or "- none recorded"
+    v = ", ".join(f"`{x['name']}`" for x in recipe["verifiers"]) or "none"
+    s = recipe["sampling"]
+    if ev:
+        te, st = ev["teacher"], ev["student"]
+
+        def row(label, key, fmt):
+            a, b = te[key], st[key]
+            return f"| {label} | {fmt(a)} | {fmt(b)} |"
+
+        pct = lambda x: f"{x:.1%}"  # noqa: E731
+        cost = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+        eval_text = "\n".join([
+            f"{ev['held_out_prompts']} held-out prompts never used in training; {ev['k']} sampled answers per prompt "
+            f"with the training sampling settings, plus one greedy answer; scored by {v}.",
+            "",
+            f"| metric | teacher ({te['model']}) | student ({st['model']}) |",
+            "|---|---|---|",
+            row("pass@1", "pass@1", pct), row(f"pass@{ev['k']}", "pass@k", pct),
+            row("greedy accuracy", "greedy_accuracy", pct),
+            row("mean output tokens", "mean_output_tokens", lambda x: f"{x:.1f}"),
+            row("cost per correct answer", "cost_per_correct", cost),
+            "",
+            f"Cost unit: {st['price_unit']}.",
+        ])
+    else:
+        eval_text = "Not evaluated yet (the evaluate stage has not run)."
+    return f"""
+# {lin['model']['name']}
+
+A small model distilled by distill from a teacher's verified answers:
+the teacher sampled {s['n']} answers per training prompt, the verifiers kept the right ones,
+and the base model was fine-tuned on them with supervised fine-tuning (TRL `SFTTrainer`).
+
+## Lineage
+
+| role | model | revision | licence |
+|---|---|---|---|
+{teachers}
+| base model | {base['model']} | {base['revision']} | {base['licence']} |
+
+- training data: `{lin['dataset']['name']}`, {m['rows']} rows kept of {m['samples']} samples
+  (content sha256 `{m['content_sha256']}`); prompt licences: {prompt_lic}
+- recipe hash `{r['recipe_hash']}`, run `{r['run_id']}`, distill {r['code_version']}
+- weights sha256 `{t['weights_sha256']}`
+
+## How it was made
+
+1. Teacher sampling: temperature {s['temperature']}, top-p {s['top_p']}, max {s['max_tokens']} tokens, {s['n']} per prompt, seeded per sample.
+2. Verification: {v}; a sample is kept when every required verifier accepts it; exact duplicates removed
+   (dropped: {', '.join(f'{k} {n}' for k, n in m['dropped'].items()) or 'none'}).
+3. Training: {t['method']} fine-tuning, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
+   {recipe['train']['learning_rate']}, loss on the completion only; final training loss {t['train_loss']:.4f}.
+
+## Evaluation against the teacher
+
+{eval_text}
+
+## Licence
+
+{licence_text}
+
+Obligations:
+{obligations}
+
+## Limitations
+
+- Trained for one narrow task ({recipe['name']}); outside it the student is no better than its base model, often worse.
+- It learned only from answers its verifiers accepted: whatever they cannot check (reasoning quality, style,
+  safety) was not selected for.
+- The evaluation uses held-out prompts from the same generator as the training prompts, not an external benchmark.
+"""
+
+
+def write_card(run_dir: Path) -> Path:
+    """Writes student/README.md and lineage.json; returns the card's path."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    storage.write_json(run_dir / "lineage.json", lineage(run_dir, info))
+    target = run_dir / "student" / "README.md"
+    storage.write_text(target, model_card(run_dir))
+    return target

@@ -1,0 +1,192 @@
+"""Evaluate: teacher and student answer the held-out prompts, scored by the same verifiers.
+
+Both models get the same requests: k sampled answers per prompt with the recipe's sampling
+settings and the same per-sample seeds, plus one greedy answer. Each model's answers are
+written to `eval/<role>.parquet` when it finishes, so a rerun evaluates only what is
+missing; `eval.json` holds the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import storage
+from distill.lineage import sample_seed
+from distill.stages.sample import VERDICT, messages_for, sampling_params
+from distill.stages.verify import accepted, verify_batch
+from distill.teachers import Serving, Teacher
+
+EVAL_SCHEMA = pa.schema([
+    ("role", pa.string()),  # teacher | student
+    ("model_id", pa.string()),
+    ("model_revision", pa.string()),
+    ("prompt_id", pa.string()),
+    ("kind", pa.string()),  # sampled | greedy
+    ("sample_index", pa.int32()),
+    ("seed", pa.int64()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),
+    ("completion_tokens", pa.int32()),
+    ("error", pa.string()),
+    ("verdicts", pa.list_(VERDICT)),
+    ("correct", pa.bool_()),
+])
+
+GREEDY = "greedy"
+
+
+def student_as_model(run) -> Teacher:
+    """The trained student described like a teacher, so the same backend serves it."""
+    from distill.stages.train import resolve_base
+
+    student_dir = run.dir / "student"
+    summary = json.loads((run.dir / "train" / "summary.json").read_text())
+    base = resolve_base(run.recipe)
+    serving = Serving()
+    try:
+        from distill.teachers import load_teacher
+
+        serving = load_teacher(run.recipe.student.base, run.recipe.base_dir).serving
+    except ValueError:
+        pass  # a local base directory: vLLM's defaults
+    meta = json.loads((student_dir / "distill.json").read_text())
+    return Teacher(id=run.recipe.student.name, model=str(student_dir), revision=summary["weights_sha256"][:16],
+                   licence=base.licence, params_b=meta["params_b"], serving=serving)
+
+
+def eval_prompts(run) -> list[dict]:
+    from distill.stages.prompts import read_prompts
+
+    prompts = read_prompts(run.dir, "eval")
+    if not prompts:
+        raise RuntimeError(
+            "the evaluate stage needs held-out prompts: add a `prompts.eval` source to the recipe "
+            "(they are never used for training)"
+        )
+    limit = run.recipe.eval.max_prompts
+    return prompts[:limit] if limit else prompts
+
+
+def plan_eval(recipe, prompts: list[dict]) -> list[dict]:
+    """k sampled requests (the recipe's settings, per-sample seeds) and one greedy per prompt."""
+    work = []
+    for p in prompts:
+        messages = messages_for(recipe, p["question"])
+        for i in range(recipe.eval.k):
+            seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
+            work.append({"work_id": f"{p['prompt_id']}:{i}", "messages": messages,
+                         "sampling_params": sampling_params(recipe, seed)})
+        greedy = {**sampling_params(recipe, recipe.sampling.seed), "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                  "min_p": 0.0}
+        work.append({"work_id": f"{p['prompt_id']}:{GREEDY}", "messages": messages, "sampling_params": greedy})
+    return work
+
+
+def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progress=None) -> pa.Table:
+    """One model's answers to every eval request, verified; written to eval/<role>.parquet."""
+    recipe = run.recipe
+    work = plan_eval(recipe, prompts)
+    requests = {w["work_id"]: w for w in work}
+    references = {p["prompt_id"]: p["reference"] for p in prompts}
+    if progress:
+        progress.start(total=len(work))
+    rows = []
+    for results in backend.generate(work):
+        for r in results:
+            prompt_id, index = r["work_id"].rsplit(":", 1)
+            rows.append({
+                "role": role, "model_id": model.id, "model_revision": model.revision, "prompt_id": prompt_id,
+                "kind": GREEDY if index == GREEDY else "sampled", "sample_index": -1 if index == GREEDY else int(index),
+                "seed": requests[r["work_id"]]["sampling_params"]["seed"], "completion": r["text"],
+                "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
+                "error": r["error"] or None,
+            })
+        if progress:
+            progress.advance(len(results))
+    verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows])
+    for row, v in zip(rows, verdicts):
+        row["verdicts"] = v
+        row["correct"] = accepted(v, row["error"])
+    rows.sort(key=lambda r: (r["prompt_id"], r["kind"], r["sample_index"]))
+    table = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
+    storage.write_parquet(run.dir / "eval" / f"{role}.parquet", table)
+    return table
+
+
+def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -> dict:
+    rows = table.to_pylist()
+    sampled = [r for r in rows if r["kind"] == "sampled"]
+    greedy = [r for r in rows if r["kind"] == GREEDY]
+    by_prompt: dict[str, list[bool]] = {}
+    for r in sampled:
+        by_prompt.setdefault(r["prompt_id"], []).append(bool(r["correct"]))
+    correct = sum(r["correct"] for r in sampled)
+    tokens = sum(r["completion_tokens"] for r in sampled)
+    priced = model.id in price_per_mtok
+    price = price_per_mtok[model.id] if priced else model.params_b
+    return {
+        "model": model.id,
+        "revision": model.revision,
+        "params_b": model.params_b,
+        "prompts": len(by_prompt),
+        "samples": len(sampled),
+        "pass@1": sum(sum(c) / len(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
+        "pass@k": sum(any(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
+        "greedy_accuracy": sum(r["correct"] for r in greedy) / len(greedy) if greedy else 0.0,
+        "mean_output_tokens": tokens / len(sampled) if sampled else 0.0,
+        "truncated": sum(r["finish_reason"] == "length" for r in sampled),
+        "errors": sum(bool(r["error"]) for r in rows),
+        "price_per_mtok": price,
+        # With no price set, parameters (billions) per million tokens stand in for a price:
+        # serving cost grows about linearly with size.
+        "price_unit": "as set in eval.price_per_mtok" if priced else "proxy: parameters (B) per 1M output tokens",
+        "cost_per_correct": (tokens * price / 1e6) / correct if correct else None,
+    }
+
+
+def evaluate(run, backend_for, progress_factory=None) -> dict:
+    """Evaluates teacher then student; `backend_for(model)` builds a backend serving that model."""
+    prompts = eval_prompts(run)
+    models = {"teacher": run.teacher, "student": student_as_model(run)}
+    tables = {}
+    started = time.time()
+    for role, model in models.items():
+        path = run.dir / "eval" / f"{role}.parquet"
+        if path.is_file() and _matches(pq.read_table(path), model, len(prompts) * (run.recipe.eval.k + 1)):
+            tables[role] = pq.read_table(path)
+            continue
+        progress = progress_factory(f"evaluating {role}") if progress_factory else None
+        tables[role] = answer(run, role, model, backend_for(model), prompts, progress)
+    price = run.recipe.eval.price_per_mtok
+    result = {
+        "run_id": run.id,
+        "recipe_hash": run.recipe_hash,
+        "held_out_prompts": len(prompts),
+        "k": run.recipe.eval.k,
+        "sampling": sampling_params(run.recipe, run.recipe.sampling.seed) | {"seed": "per sample, as in training"},
+        "verifiers": [v.name for v in run.recipe.verifiers],
+        "teacher": metrics(tables["teacher"], models["teacher"], price),
+        "student": metrics(tables["student"], models["student"], price),
+        "seconds": time.time() - started,
+    }
+    t, s = result["teacher"], result["student"]
+    result["student_minus_teacher"] = {"pass@1": s["pass@1"] - t["pass@1"],
+                                       "greedy_accuracy": s["greedy_accuracy"] - t["greedy_accuracy"]}
+    storage.write_json(run.dir / "eval.json", result)
+    return result
+
+
+def _matches(table: pa.Table, model: Teacher, expected_rows: int) -> bool:
+    """A saved answer file counts only if it is this model's (same weights) and complete."""
+    revisions = set(table["model_revision"].to_pylist())
+    return table.num_rows == expected_rows and revisions == {model.revision}
+
+
+def read_eval(run_dir: Path) -> dict | None:
+    f = run_dir / "eval.json"
+    return json.loads(f.read_text()) if f.is_file() else None

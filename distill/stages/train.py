@@ -1,0 +1,272 @@
+"""Train: supervised fine-tuning of the student on the kept samples, with TRL's SFTTrainer.
+
+The dataset is in TRL's prompt-completion chat format, so the loss covers the completion
+only and the student's own chat template renders the turns. Checkpoints go to
+`train/checkpoints/`; a rerun of a killed training resumes from the last one. The finished
+weights are written to `student/` in one rename, so a `student/` that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill import storage
+
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The student's starting weights and what the lineage needs to know of them."""
+
+    id: str
+    model: str  # hub id or local directory
+    revision: str
+    licence: str
+    params_b: float | None
+    path: str  # what from_pretrained loads
+
+
+def resolve_base(recipe) -> BaseModel:
+    """`student.base`: a shipped teacher id, a teacher YAML, or a local model directory."""
+    from distill.teachers import load_teacher, model_path
+
+    ref = recipe.student.base
+    local = Path(ref) if Path(ref).is_absolute() else recipe.base_dir / ref
+    if (local / "config.json").is_file():
+        meta = _local_meta(local)
+        return BaseModel(id=local.name, model=str(local), revision=meta.get("revision", "local"),
+                         licence=meta.get("licence", "unknown"), params_b=meta.get("params_b"), path=str(local))
+    t = load_teacher(ref, recipe.base_dir)
+    return BaseModel(id=t.id, model=t.model, revision=t.revision, licence=t.licence, params_b=t.params_b,
+                     path=model_path(t))
+
+
+def check_base(recipe) -> str | None:
+    """Why `student.base` cannot be resolved, or None (no weights are loaded)."""
+    from distill.teachers import load_teacher
+
+    ref = recipe.student.base
+    local = Path(ref) if Path(ref).is_absolute() else recipe.base_dir / ref
+    if (local / "config.json").is_file():
+        return None
+    try:
+        load_teacher(ref, recipe.base_dir)
+    except ValueError as e:
+        return f"{ref!r} is neither a model directory (no config.json there) nor a teacher: {e}"
+    return None
+
+
+def _local_meta(path: Path) -> dict:
+    """A local base may say what it is in distill.json (licence, revision); else it is unknown."""
+    f = path / "distill.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def deepspeed_config(train) -> dict[str, Any]:
+    """A ZeRO-2/3 config from the recipe; "auto" lets the HF integration fill sizes from SFTConfig."""
+    stage = train.deepspeed_stage
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            # Full weights gathered on save, so student/ holds a normal checkpoint.
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    else:
+        zero.update({"allgather_partitions": True, "allgather_bucket_size": 2e8, "reduce_scatter": True})
+    return {
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "steps_per_print": 1_000_000,  # the trainer logs; DeepSpeed's own prints would duplicate it
+        "wall_clock_breakdown": False,
+    }
+
+
+def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
+    """SFTConfig arguments from the recipe's `train:` section; `trl_args` pass through last."""
+    import torch
+
+    t = run.recipe.train
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": t.epochs,
+        "learning_rate": t.learning_rate,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_length": t.max_length,
+        "packing": t.packing,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.03,  # a fraction: 3% of the steps
+        "logging_steps": 1,  # the loss curve is part of the report
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": 2,  # enough to resume; older checkpoints only fill the disk
+        "report_to": report_to,
+        "use_cpu": not cuda,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "disable_tqdm": True,  # distill draws its own bar
+        "dataloader_num_workers": 0,
+        "completion_only_loss": True,
+    }
+    if t.deepspeed_stage:
+        ds_path = run.dir / "train" / "deepspeed.json"
+        storage.write_json(ds_path, deepspeed_config(t))
+        kwargs["deepspeed"] = str(ds_path)
+    kwargs.update(t.trl_args)
+    return kwargs
+
+
+def lora_config(train):
+    from peft import LoraConfig
+
+    lo = train.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+class _Progress:
+    """Feeds the trainer's steps and logs to a progress bar and a loss log."""
+
+    def __new__(cls, progress, log: list):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                if progress:
+                    progress.start(total=state.max_steps, completed=state.global_step)
+
+            def on_step_end(self, args, state, control, **kw):
+                if progress:
+                    progress.advance(1)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                log.append({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+
+        return Callback()
+
+
+def train_student(run, progress=None, report_to: list[str] | None = None) -> dict:
+    """Trains (or resumes) the student; returns the training summary (also in train/summary.json)."""
+    summary_path = run.dir / "train" / "summary.json"
+    student_dir = run.dir / "student"
+    if summary_path.is_file() and (student_dir / "config.json").is_file():
+        return json.loads(summary_path.read_text())
+
+    import datasets
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    # distill draws one bar for the stage; the libraries' own bars and log prints would interleave with it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+    from distill.stages.dataset import read_dataset
+
+    recipe = run.recipe
+    table = read_dataset(run.dir)
+    if table.num_rows == 0:
+        raise RuntimeError(
+            f"{run.dir / 'dataset'}: no kept samples to train on; manifest.json says what was dropped and why. "
+            "Sample more prompts, raise sampling.n, or relax a verifier's threshold."
+        )
+    data = datasets.Dataset(table.select(["prompt", "completion"]))
+    base = resolve_base(recipe)
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+
+    checkpoints = run.dir / "train" / "checkpoints"
+    resume = any(checkpoints.glob("checkpoint-*"))
+    log: list[dict] = []
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**sft_config_kwargs(run, checkpoints, report_to or [])),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
+        callbacks=[_Progress(progress, log)],
+    )
+    trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
+    tokens = _trained_tokens(trainer.train_dataset)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.time() - started
+
+    if recipe.train.method == "lora":  # a student is one model directory: fold the adapter in
+        trainer.model = trainer.model.merge_and_unload()
+    tmp = run.dir / f".student-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    storage.write_json(tmp / "distill.json", {"revision": f"distill-run-{run.id}", "licence": base.licence,
+                                              "params_b": _params_b(trainer.model)})
+    if student_dir.exists():  # a stale partial from an older code version; never a finished one
+        shutil.rmtree(student_dir)
+    os.replace(tmp, student_dir)
+
+    history = [e for e in trainer.state.log_history]
+    summary = {
+        "method": recipe.train.method,
+        "base": base.__dict__,
+        "rows": table.num_rows,
+        "epochs": recipe.train.epochs,
+        "steps": trainer.state.global_step,
+        "resumed": resume,
+        "train_loss": result.training_loss,
+        "trained_tokens": tokens * recipe.train.epochs,
+        "seconds": seconds,
+        "tokens_per_second": tokens * recipe.train.epochs / seconds if seconds else 0.0,
+        "weights_sha256": _weights_digest(student_dir),
+        "log": [e for e in history if "loss" in e],
+    }
+    storage.write_json(summary_path, summary)
+    return summary
+
+
+def _trained_tokens(dataset) -> int:
+    """Real (non-padding) tokens per epoch: what the throughput benchmark compares."""
+    if "seq_lengths" in dataset.column_names:  # packed rows list the lengths of what they hold
+        return sum(sum(x) for x in dataset["seq_lengths"])
+    return sum(len(x) for x in dataset["input_ids"])
+
+
+def _params_b(model) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e9, 4)
+
+
+def _weights_digest(path: Path) -> str:
+    """Content hash of the weight files: the student's revision in the lineage."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+

@@ -1,0 +1,217 @@
+"""dataset -> train (real TRL on a tiny model) -> evaluate -> card -> report, with fake
+sampling and evaluation backends so it runs in seconds; the real engines are covered by
+tests/test_e2e_student.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.pipeline import run_pipeline
+from distill.recipe import load_recipe
+
+SECRET = "planted-wandb-key-0123456789abcdef0123"
+
+
+class ArithmeticBackend:
+    """Answers 'What is a + b?' right, or wrong when `wrong` says so; counts what it served."""
+
+    name = "fake-arithmetic"
+
+    def __init__(self, wrong: bool = False):
+        self.wrong, self.requests = wrong, []
+
+    def describe(self):
+        return {"backend": self.name, "version": "1", "engine_args": {}}
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        for start in range(0, len(requests), 8):
+            out = []
+            for r in requests[start:start + 8]:
+                q = r["messages"][-1]["content"]
+                nums = [int(x) for x in q.replace("?", " ").split() if x.isdigit()]
+                total = sum(nums) + (1 if self.wrong else 0)
+                out.append({"work_id": r["work_id"], "text": f"Adding the numbers gives {total}. The answer is {total}.",
+                            "prompt_tokens": 20, "completion_tokens": 12, "finish_reason": "stop", "error": ""})
+            yield out
+
+
+def student_recipe(tmp_path: Path, tiny_model: Path, **train) -> Path:
+    from conftest import write_tiny_teacher
+
+    write_tiny_teacher(tmp_path / "tiny.yaml", tiny_model)
+    recipe = {
+        "name": "student-unit",
+        "teacher": "tiny.yaml",
+        "prompts": {"train": [{"source": "arithmetic", "count": 24, "seed": 1}],
+                    "eval": [{"source": "arithmetic", "count": 6, "seed": 2}]},
+        "sampling": {"n": 2, "max_tokens": 32, "seed": 3},
+        "verifiers": [{"name": "final-number"}],
+        "student": {"name": "tiny-student", "base": "tiny.yaml"},  # the teacher's weights, as in the demo
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 128, "learning_rate": 1e-4, "save_steps": 2, **train},
+        "eval": {"k": 2},
+        "tracking": {"wandb": "offline"},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    return tmp_path / "r.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("student")
+    old = os.getcwd()
+    os.chdir(tmp)
+    os.environ["WANDB_API_KEY"] = SECRET  # must never reach a file the run writes
+    try:
+        teacher_eval = ArithmeticBackend(wrong=True)
+        served = []
+
+        def backend_for(model):
+            served.append(model)
+            return teacher_eval if model.id == "tiny-random" else ArithmeticBackend()
+
+        run, summaries = run_pipeline(load_recipe(student_recipe(tmp, tiny_model)), backend=ArithmeticBackend(),
+                                      backend_for=backend_for)
+    finally:
+        os.environ.pop("WANDB_API_KEY", None)
+        os.chdir(old)
+    return {"run": run, "summaries": summaries, "served": served}
+
+
+def files_of(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_the_run_directory_holds_exactly_these_files(finished):
+    run_dir = finished["run"].dir
+    files = files_of(run_dir)
+    checkpoints = {f for f in files if f.startswith("train/checkpoints/")}
+    wandb_files = {f for f in files if f.startswith("wandb/")}
+    samples = {f for f in files if f.startswith("samples/")}
+    student_weights = {f for f in files if f.startswith("student/") and f.endswith(".safetensors")}
+    assert files - checkpoints - wandb_files - samples - student_weights == {
+        ".lock", "recipe.resolved.yaml", "prompts/train.parquet", "prompts/eval.parquet",
+        "dataset/train.parquet", "dataset/manifest.json", "dataset/README.md",
+        "train/summary.json",
+        "student/config.json", "student/generation_config.json", "student/tokenizer.json",
+        "student/tokenizer_config.json", "student/chat_template.jinja", "student/distill.json", "student/README.md",
+        "eval/teacher.parquet", "eval/student.parquet", "eval.json", "lineage.json", "report.html",
+    }
+    assert student_weights == {"student/model.safetensors"}
+    assert samples and all(f.startswith("samples/part-") and f.endswith(".parquet") for f in samples)
+    assert any(f.endswith("trainer_state.json") for f in checkpoints)  # a training can resume
+    assert any(f.endswith(".wandb") for f in wandb_files)  # tracked, offline
+
+
+def test_no_api_key_is_written_anywhere(finished):
+    for path in finished["run"].dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_training_learns_and_records_its_curve(finished):
+    t = json.loads((finished["run"].dir / "train" / "summary.json").read_text())
+    assert t["method"] == "full" and t["steps"] >= 2 and not t["resumed"]
+    assert t["rows"] == 24  # 24 prompts x n=2, all right; the second of each pair is the same text, dropped
+    assert len(t["log"]) == t["steps"] and all(e["loss"] > 0 for e in t["log"])
+    assert t["trained_tokens"] > 0 and t["tokens_per_second"] > 0
+    assert len(t["weights_sha256"]) == 64
+
+
+def test_eval_compares_teacher_and_student_on_the_held_out_prompts(finished):
+    ev = json.loads((finished["run"].dir / "eval.json").read_text())
+    assert ev["held_out_prompts"] == 6 and ev["k"] == 2
+    assert ev["teacher"]["pass@1"] == 0.0 and ev["teacher"]["greedy_accuracy"] == 0.0  # the wrong backend
+    assert ev["student"]["pass@1"] == 1.0 and ev["student"]["greedy_accuracy"] == 1.0
+    assert ev["student"]["samples"] == 12 and ev["student"]["mean_output_tokens"] == 12
+    assert ev["teacher"]["cost_per_correct"] is None  # no correct answer: no cost per one
+    # 12 answers x 12 tokens, priced at the parameter count (billions) per 1M tokens, over 12 right ones
+    assert ev["student"]["cost_per_correct"] == pytest.approx(12 * 12 * ev["student"]["params_b"] / 1e6 / 12)
+    served = finished["served"]
+    assert [m.id for m in served] == ["tiny-random", "tiny-student"]
+    assert served[1].model == str(finished["run"].dir / "student")
+    train_ids = {p for p in (finished["run"].dir / "prompts").glob("train.parquet")}
+    assert train_ids
+
+
+def test_eval_requests_are_the_same_for_both_models(finished, tiny_model, tmp_path):
+    from distill.stages.evaluate import plan_eval
+    from distill.stages.prompts import read_prompts
+
+    run = finished["run"]
+    work = plan_eval(run.recipe, read_prompts(run.dir, "eval"))
+    greedy = [w for w in work if w["work_id"].endswith(":greedy")]
+    sampled = [w for w in work if not w["work_id"].endswith(":greedy")]
+    assert len(greedy) == 6 and len(sampled) == 12
+    assert all(w["sampling_params"]["temperature"] == 0.0 for w in greedy)
+    assert len({w["sampling_params"]["seed"] for w in sampled}) == 12  # one seed per sample, as in training
+
+
+def test_model_card_parses_and_carries_the_lineage(finished, tiny_model):
+    from huggingface_hub import ModelCard
+
+    run_dir = finished["run"].dir
+    card = ModelCard.load(run_dir / "student" / "README.md")
+    d = card.data.to_dict()
+    assert d["license"] == "apache-2.0"
+    assert d["base_model"] == str(tiny_model)  # the teacher entry's `model`
+    assert d["base_model_relation"] == "finetune"
+    assert {"distillation", "synthetic-data"} <= set(d["tags"])
+    assert len(d["datasets"]) == 1 and d["datasets"][0].startswith("student-unit-sft-")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"pass@1": 1.0, "greedy_accuracy": 1.0}
+    assert card.data.model_name == "tiny-student"
+    text = card.text
+    for fact in ("tiny-random", "random-init-seed0", finished["run"].recipe_hash, "derivation from every source",
+                 "| pass@1 | 0.0% | 100.0% |"):
+        assert fact in text, fact
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert lineage["teachers"][0]["id"] == "tiny-random"
+    assert lineage["dataset"]["content_sha256"] == json.loads((run_dir / "dataset" / "manifest.json").read_text())["content_sha256"]
+
+
+def test_card_is_rebuilt_from_the_run_directory_alone(finished, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    copy = tmp_path / "moved-run"
+    shutil.copytree(finished["run"].dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "*.safetensors"))
+    before = (copy / "student" / "README.md").read_text()
+    (copy / "student" / "README.md").unlink()
+    result = CliRunner().invoke(app, ["card", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert (copy / "student" / "README.md").read_text() == before
+
+    result = CliRunner().invoke(app, ["card", str(tmp_path)])
+    assert result.exit_code == 2 and "not a finished distill run" in result.output
+
+
+def test_report_has_every_plot(finished):
+    page = (finished["run"].dir / "report.html").read_text()
+    for title in ("Accept rate per verifier", "Completion lengths, kept vs rejected", "Training loss",
+                  "Student vs teacher"):
+        assert title in page
+    assert page.count("<svg") == 4 and "has not run" not in page
+
+
+def test_rerun_is_a_no_op_that_trains_nothing_again(finished, tiny_model):
+    run = finished["run"]
+    before = (run.dir / "student" / "model.safetensors").stat().st_mtime_ns
+    old = os.getcwd()
+    os.chdir(run.dir.parent.parent.parent)
+    try:
+        sampler, evaluator = ArithmeticBackend(), ArithmeticBackend()
+        _, summaries = run_pipeline(run.recipe, backend=sampler, backend_for=lambda m: evaluator)
+    finally:
+        os.chdir(old)
+    assert sampler.requests == [] and evaluator.requests == []
+    assert (run.dir / "student" / "model.safetensors").stat().st_mtime_ns == before
+    assert summaries["evaluate"]["student"]["pass@1"] == 1.0
