@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from sides import emit, run_side
 
 RECIPE = {
     "name": "bench-sampling",
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:  # a child process: run one side, print its numbers as JSON
-        print("BENCH " + json.dumps(factory(args.recipe) if args.side == "factory" else baseline(args.recipe)))
+        emit(factory(args.recipe) if args.side == "factory" else baseline(args.recipe))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,12 +92,7 @@ def main() -> None:
             recipe["output_dir"] = str(Path(tmp) / side)  # fresh run directories: nothing to resume
             path = Path(tmp) / f"{side}.yaml"
             path.write_text(yaml.safe_dump(recipe))
-            proc = subprocess.run([sys.executable, __file__, "--side", side, "--recipe", str(path)],
-                                  capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
-            if proc.returncode or line is None:
-                sys.exit(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            results[side] = json.loads(line[6:])
+            results[side] = run_side(__file__, side, "--recipe", str(path))
 
     b, f = results["baseline"], results["factory"]
     b_tps, f_tps = b["tokens"] / b["seconds"], f["tokens"] / f["seconds"]

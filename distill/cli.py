@@ -27,11 +27,65 @@ def _load(recipe: str):
         raise typer.Exit(2)
 
 
+def _decide(recipe, file: str):
+    """The licence decision, or exit 2 when the engine cannot judge the recipe's licences."""
+    from distill.licensing import LicenceError, UnknownLicence, decide_for_recipe
+
+    try:
+        return decide_for_recipe(recipe)
+    except (LicenceError, UnknownLicence) as e:
+        err.print(f"{file}: licence: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _print_lines(lines: list[str], to=None) -> None:
+    for line in lines:
+        (to or console).print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _refuse_if_forbidden(recipe, file: str):
+    """Exit 2, citing the clause and the ways out, when the terms forbid the recipe; else the decision."""
+    from distill.licensing import render_text
+
+    decision = _decide(recipe, file)
+    if decision.refusals:
+        _print_lines(render_text(decision), err)
+        err.print(f"{file}: refused by the licence terms above ({len(decision.refusals)} rule(s)); "
+                  "follow a way out, or record an explicit student.acknowledge entry naming the rule",
+                  style="bold red", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return decision
+
+
 @app.command()
 def validate(recipe: str = typer.Argument(..., help="path of a recipe YAML")):
-    """Check a recipe: every problem is reported at once; exit code 2 if any."""
+    """Check a recipe and its licences: every problem is reported at once; exit code 2 if any."""
     r = _load(recipe)
-    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]})", highlight=False, soft_wrap=True)
+    decision = _refuse_if_forbidden(r, recipe)
+    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]}); licence decision: {decision.verdict}",
+                  highlight=False, soft_wrap=True)
+    if decision.obligations or decision.issues:
+        from distill.licensing import render_text
+
+        _print_lines(render_text(decision))
+
+
+@app.command()
+def licence(
+    recipe: str = typer.Argument(..., help="path of a recipe YAML"),
+    json_out: bool = typer.Option(False, "--json", help="the decision as JSON"),
+):
+    """What the licence terms decide for a recipe: allowed or refused, the student's licence, every obligation, each with its clause. Runs nothing."""
+    import json
+
+    from distill.licensing import render_text, to_dict
+
+    decision = _decide(_load(recipe), recipe)
+    if json_out:
+        print(json.dumps(to_dict(decision), indent=2))
+    else:
+        _print_lines(render_text(decision))
+    raise typer.Exit(2 if decision.refusals else 0)
 
 
 class _Bar:
@@ -60,6 +114,7 @@ def run(
         err.print(f"--until: unknown stage {until!r}; stages: {', '.join(STAGES)}")
         raise typer.Exit(2)
     r = _load(recipe)
+    _refuse_if_forbidden(r, recipe)  # before any compute
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     from distill.pipeline import RunBusy
 
@@ -85,6 +140,8 @@ def _print_summary(summaries: dict) -> None:
         t.add_row(str(s.prompts), str(s.samples_total), str(s.samples_new), str(s.errors), str(s.accepted),
                   f"{s.tokens_per_second:.1f}")
         console.print(t)
+        if s.reused_from:
+            console.print(f"samples reused from run {s.reused_from} (same teacher, prompts, sampling and verifiers)")
         if s.per_verifier:
             v = Table(title="verifiers", show_header=True)
             for col in ("verifier", "passed", "failed", "cannot verify", "accept rate"):

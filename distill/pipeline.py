@@ -43,6 +43,7 @@ def open_run(recipe: Recipe) -> Run:
     run = Run(recipe, teacher, run_dir, run_id, recipe_hash, code_version())
     resolved = {
         "recipe_hash": recipe_hash,
+        "samples_key": recipe.samples_key(),
         "run_id": run_id,
         "code_version": run.code_version,
         "recipe": recipe.resolved(),
@@ -93,7 +94,11 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     if recipe.student is None:  # without a student the factory makes data only
         stages = [s for s in stages if s in ("prompts", "sample", "dataset", "report")]
+    decision = check_licence(recipe)  # before any compute
     run = open_run(recipe)
+    from distill.licensing import to_dict
+
+    storage.write_json(run.dir / "licence.json", to_dict(decision))
     summaries: dict = {}
     from distill.tracking import Tracker
 
@@ -175,6 +180,24 @@ def _sample_rows(table, limit: int = 200) -> list[dict]:
 
 class RunBusy(RuntimeError):
     pass
+
+
+class LicenceRefused(RuntimeError):
+    """The terms of a teacher, the base model or a prompt set forbid what the recipe would do."""
+
+    def __init__(self, decision):
+        self.decision = decision
+        super().__init__("; ".join(f"{i.rule}: {i.message}" for i in decision.refusals))
+
+
+def check_licence(recipe: Recipe):
+    """The licence engine's decision for the recipe; raises LicenceRefused on an unacknowledged refusal."""
+    from distill.licensing import decide_for_recipe
+
+    decision = decide_for_recipe(recipe)
+    if decision.refusals:
+        raise LicenceRefused(decision)
+    return decision
 
 
 def _lock(run_dir: Path):

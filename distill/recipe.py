@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from distill.licensing.engine import Acknowledgement
 from distill.registry import Params, Registry, closest
 
 
@@ -92,6 +93,14 @@ class Student(Section):
     name: str = Field(min_length=1, description="the published model's name")
     base: str = Field(description="a shipped teacher id, a teacher YAML, or a local model directory")
     commercial_use: bool = True  # what the licence engine checks the teachers' terms against
+    # The student competes with an API provider whose outputs it learns from (OpenAI's and
+    # Gemini's terms forbid that).
+    competing: bool = False
+    # Explicit, recorded overrides of licence refusals: each names the rule id it overrides
+    # (as `distill licence` prints it) and why; never a silent switch.
+    acknowledge: list[Acknowledgement] = []
+    # Licence id of a base given as a local directory without a model card; teacher entries carry their own.
+    base_licence: str | None = None
 
 
 class Lora(Section):
@@ -183,9 +192,19 @@ class Recipe(Section):
 
     def content_hash(self) -> str:
         """Hash of what decides the outputs; tracking and cluster placement do not."""
+        return self._hash(self.resolved())
+
+    def samples_key(self) -> str:
+        """Hash of what decides the teacher's samples and their verdicts, and nothing else: two
+        recipes with the same key (say, differing in learning rate) can share one set of samples."""
         data = self.resolved()
-        data.pop("tracking")
-        data.pop("cluster")
+        data["sampling"].pop("batch_size")  # how results are grouped into files, not what they are
+        return self._hash({k: data[k] for k in ("teacher", "prompts", "sampling", "verifiers")})
+
+    def _hash(self, data: dict) -> str:
+        data = dict(data)
+        data.pop("tracking", None)
+        data.pop("cluster", None)
         from distill.teachers import load_teacher
 
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a

@@ -39,15 +39,26 @@ def read_run(run_dir: Path) -> dict:
         "train": json.loads((run_dir / "train/summary.json").read_text()),
         "student": json.loads((run_dir / "student/distill.json").read_text()),
         "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else None,
+        "licence": json.loads((run_dir / "licence.json").read_text()) if (run_dir / "licence.json").is_file() else None,
     }
 
 
 def licence_of(info: dict) -> dict:
-    """The student's licence and obligations.
-
-    Interim rule until the licence engine decides it: the base model's licence, with the
-    derivation marked pending; teachers' terms are listed for the reader to check.
-    """
+    """The student's licence and obligations, as the licence engine decided them for the run
+    (licence.json). A run made before the engine existed falls back to the base model's
+    licence, marked pending."""
+    decision = info.get("licence")
+    if decision and decision.get("student_licence"):
+        s = decision["student_licence"]
+        out = {"license": s["license"], "derived_by": "the distill licence engine", "citation": s["citation"],
+               "governed_by": s["governed_by"], "verdict": decision["verdict"],
+               "name_prefix": decision["name_prefix"], "non_commercial": decision["non_commercial"],
+               "obligations": [_obligation_line(o) for o in decision["obligations"]],
+               "acknowledged": [f"{a['rule']}: {a['reason']}" for a in decision["acknowledged"]]}
+        for key in ("license_name", "license_link"):
+            if s.get(key):
+                out[key] = s[key]
+        return out
     base = info["train"]["base"]
     lic = base["licence"]
     out = {"license": lic if lic in HUB_LICENCES else "other", "obligations": [], "derived_by": "pending"}
@@ -55,6 +66,11 @@ def licence_of(info: dict) -> dict:
         out["license_name"] = lic
         out["license_link"] = f"https://huggingface.co/{base['model']}"
     return out
+
+
+def _obligation_line(o: dict) -> str:
+    shown = "".join([f' "{o["text"]}"' if o.get("text") else "", f" <{o['url']}>" if o.get("url") else ""])
+    return f"{o['what']}{shown} ({o['citation']})"
 
 
 def lineage(run_dir: Path, info: dict | None = None) -> dict:
@@ -127,7 +143,16 @@ def _body(info: dict, lin: dict) -> str:
                         "(teachers, base model, prompt sets) by distill's licence engine is pending: check each "
                         "teacher's terms on the use of its outputs before you publish this model.")
     else:
-        licence_text = f"`{lic['license']}`, derived by {lic['derived_by']} from the terms of every source."
+        licence_text = (f"`{lic['license']}`" + (f" ({lic['license_name']})" if lic.get("license_name") else "")
+                        + f", derived by {lic['derived_by']} from the terms of every source "
+                        f"(teachers, base model, prompt sets): {lic['citation']}.")
+        if lic.get("name_prefix"):
+            licence_text += f"\n\nThe model's name must begin with \"{lic['name_prefix']}\"."
+        if lic.get("non_commercial"):
+            licence_text += "\n\n**Non-commercial use only.**"
+        if lic.get("acknowledged"):
+            licence_text += "\n\nRefusals overridden by an explicit acknowledgement in the recipe:\n" + "\n".join(
+                f"- {a}" for a in lic["acknowledged"])
     obligations = "\n".join(f"- {o}" for o in lic["obligations"]) or "- none recorded"
     v = ", ".join(f"`{x['name']}`" for x in recipe["verifiers"]) or "none"
     s = recipe["sampling"]

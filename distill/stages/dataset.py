@@ -161,11 +161,25 @@ recipe with hash `{manifest['recipe_hash']}` (run `{manifest['run_id']}`).
 
 ## Licence
 
-Licences involved: {', '.join(licences) or 'none'}. The licence of this dataset and the
-obligations it carries are derived by distill's licence engine, which is not built yet:
-until then, check each teacher's terms on the use of its outputs before you publish.
+Licences involved: {', '.join(licences) or 'none'}.
+{_licence_text(run)}
 """
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _licence_text(run) -> str:
+    """What the licence engine decided for the run (licence.json), for the people who reuse the data."""
+    f = run.dir / "licence.json"
+    if not f.is_file():
+        return "No licence decision is recorded for this run: check each source's terms before you publish."
+    d = json.loads(f.read_text())
+    lines = [f"The licence engine's decision for this run: **{d['verdict']}**."]
+    if d["non_commercial"]:
+        lines.append("Non-commercial use only.")
+    if d["obligations"]:
+        lines.append("\nObligations that travel with this data and what is trained on it:\n")
+        lines += [f"- {o['what']} ({o['citation']})" for o in d["obligations"]]
+    return "\n".join(lines)
 
 
 def _size_category(n: int) -> str:

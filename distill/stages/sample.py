@@ -8,6 +8,7 @@ schedules only the rest: a crash costs at most the batches in flight.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -91,6 +92,7 @@ class SampleSummary:
     samples_total: int = 0
     samples_new: int = 0
     resumed_from: int = 0
+    reused_from: str | None = None  # the sibling run whose samples this one started from
     errors: int = 0
     accepted: int = 0
     completion_tokens_new: int = 0
@@ -125,10 +127,11 @@ def sample_teacher(run, backend, progress=None) -> SampleSummary:
 
     recipe, teacher = run.recipe, run.teacher
     prompts = {p["prompt_id"]: p for p in read_prompts(run.dir, "train")}
+    reused = reuse_samples(run)
     existing = read_samples(run.dir, ["prompt_id", "sample_index"])
     done = {f"{p}:{i}" for p, i in zip(existing["prompt_id"].to_pylist(), existing["sample_index"].to_pylist())}
     work = plan_work(recipe, list(prompts.values()), done)
-    summary = SampleSummary(prompts=len(prompts), resumed_from=len(done))
+    summary = SampleSummary(prompts=len(prompts), resumed_from=len(done), reused_from=reused)
     total = len(prompts) * recipe.sampling.n
     if progress:
         progress.start(total=total, completed=len(done))
@@ -153,6 +156,45 @@ def sample_teacher(run, backend, progress=None) -> SampleSummary:
     summary.seconds = time.time() - started
     _count(summary, read_samples(run.dir, ["accepted", "error", "verdicts"]))
     return summary
+
+
+def reuse_samples(run) -> str | None:
+    """A run with no samples yet starts from a sibling run's, when the samples key matches.
+
+    The key covers teacher, prompts, sampling and verifiers, so changing only training or
+    evaluation settings does not pay for the teacher again. Parts are hard-linked (copied
+    across file systems); their rows keep the run id and recipe hash that made them.
+    """
+    import shutil
+
+    import yaml
+
+    own = run.dir / "samples"
+    if any(own.glob("part-*.parquet")):
+        return None
+    key = run.recipe.samples_key()
+    best = None
+    for resolved in run.dir.parent.glob("*/recipe.resolved.yaml"):
+        other = resolved.parent
+        if other == run.dir:
+            continue
+        try:
+            if yaml.safe_load(resolved.read_text()).get("samples_key") != key:
+                continue
+        except (OSError, yaml.YAMLError):
+            continue
+        parts = list((other / "samples").glob("part-*.parquet"))
+        if parts and (best is None or len(parts) > len(best[1])):
+            best = (other, parts)
+    if best is None:
+        return None
+    own.mkdir(parents=True, exist_ok=True)
+    for part in best[1]:
+        try:
+            os.link(part, own / part.name)
+        except OSError:
+            shutil.copy2(part, own / part.name)
+    return best[0].name
 
 
 def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict:

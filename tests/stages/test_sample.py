@@ -94,3 +94,22 @@ def test_a_changed_recipe_is_a_new_run(recipe, tmp_path):
     run_b, _ = run_pipeline(load_recipe(tmp_path / "r.yaml"), backend=FakeBackend())
     assert run_a.dir != run_b.dir and run_a.dir.parent == run_b.dir.parent
     assert read_samples(run_b.dir).num_rows == 12
+
+
+def test_a_recipe_changed_after_sampling_reuses_the_samples(recipe, tmp_path):
+    run_a, _ = run_pipeline(recipe, until="dataset", backend=FakeBackend())
+    data = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    data["train"] = {"learning_rate": 0.001}  # training only: the teacher's samples stay valid
+    data["sampling"]["batch_size"] = 5  # how results are grouped into files: no change either
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    fresh = FakeBackend()
+    run_b, summaries = run_pipeline(load_recipe(tmp_path / "r.yaml"), until="dataset", backend=fresh)
+    assert run_b.dir != run_a.dir
+    assert fresh.seen == [] and summaries["sample"].reused_from == run_a.id
+    assert read_samples(run_b.dir).to_pylist() == read_samples(run_a.dir).to_pylist()
+
+    data["verifiers"][1]["required"] = True  # the verdicts would differ: sample anew
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    again = FakeBackend()
+    _, summaries = run_pipeline(load_recipe(tmp_path / "r.yaml"), until="dataset", backend=again)
+    assert summaries["sample"].reused_from is None and len(again.seen) == 12

@@ -95,7 +95,7 @@ def test_the_run_directory_holds_exactly_these_files(finished):
     samples = {f for f in files if f.startswith("samples/")}
     student_weights = {f for f in files if f.startswith("student/") and f.endswith(".safetensors")}
     assert files - checkpoints - wandb_files - samples - student_weights == {
-        ".lock", "recipe.resolved.yaml", "prompts/train.parquet", "prompts/eval.parquet",
+        ".lock", "recipe.resolved.yaml", "licence.json", "prompts/train.parquet", "prompts/eval.parquet",
         "dataset/train.parquet", "dataset/manifest.json", "dataset/README.md",
         "train/summary.json",
         "student/config.json", "student/generation_config.json", "student/tokenizer.json",
@@ -167,8 +167,8 @@ def test_model_card_parses_and_carries_the_lineage(finished, tiny_model):
     assert results == {"pass@1": 1.0, "greedy_accuracy": 1.0}
     assert card.data.model_name == "tiny-student"
     text = card.text
-    for fact in ("tiny-random", "random-init-seed0", finished["run"].recipe_hash, "derivation from every source",
-                 "| pass@1 | 0.0% | 100.0% |"):
+    for fact in ("tiny-random", "random-init-seed0", finished["run"].recipe_hash,
+                 "derived by the distill licence engine", "Apache License 2.0 §4", "| pass@1 | 0.0% | 100.0% |"):
         assert fact in text, fact
     lineage = json.loads((run_dir / "lineage.json").read_text())
     assert lineage["teachers"][0]["id"] == "tiny-random"

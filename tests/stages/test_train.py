@@ -1,0 +1,132 @@
+"""The train stage on a tiny model: LoRA, resume after a crash, DeepSpeed configs, recipe checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from distill.pipeline import open_run, run_pipeline
+from distill.recipe import RecipeError, Train, load_recipe
+from distill.stages.train import deepspeed_config, train_student
+from test_student import ArithmeticBackend, student_recipe
+
+
+def sampled_run(tmp_path, tiny_model, monkeypatch, **train):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(student_recipe(tmp_path, tiny_model, **train))
+    run, _ = run_pipeline(recipe, until="dataset", backend=ArithmeticBackend())
+    return run
+
+
+class CrashAt:
+    """A progress bar that raises at a given step: a training killed mid-way."""
+
+    def __init__(self, step):
+        self.step, self.seen = step, 0
+
+    def start(self, total, completed=0):
+        self.seen = completed
+
+    def advance(self, n):
+        self.seen += n
+        if self.seen == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model, monkeypatch):
+    run = sampled_run(tmp_path, tiny_model, monkeypatch, save_steps=2, batch_size=2, packing=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(run, CrashAt(5))
+    assert not (run.dir / "student").exists()  # nothing half-written that a rerun would trust
+    checkpoints = sorted(p.name for p in (run.dir / "train" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    bar = CrashAt(-1)
+    summary = train_student(run, bar)
+    assert summary["resumed"] is True
+    assert summary["steps"] == 12  # 24 rows / 2 per step, counted from the start
+    assert bar.seen == 12  # the bar starts at the checkpoint's step 4, then 8 more
+    assert [e["step"] for e in summary["log"]] == list(range(1, 13))  # the curve is whole
+
+
+def test_lora_trains_an_adapter_and_writes_a_merged_student(tmp_path, tiny_model, monkeypatch):
+    run = sampled_run(tmp_path, tiny_model, monkeypatch, method="lora", lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    summary = train_student(run)
+    assert summary["method"] == "lora" and summary["steps"] > 0
+    files = {p.name for p in (run.dir / "student").iterdir()}
+    assert "model.safetensors" in files and "adapter_config.json" not in files  # one plain model directory
+    from safetensors import safe_open
+
+    with safe_open(run.dir / "student" / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run.dir / "student")  # loads as a plain model
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_configs_are_accepted_by_deepspeed(stage, tmp_path):
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    config = deepspeed_config(Train(deepspeed_stage=stage, batch_size=4, gradient_accumulation_steps=2))
+    hf = HfTrainerDeepSpeedConfig(json.loads(json.dumps(config)))
+    hf.trainer_config_process(TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
+                                                gradient_accumulation_steps=2, use_cpu=True))
+    ds = DeepSpeedConfig(hf.config)  # DeepSpeed's own validation, as a GPU run would do it
+    assert ds.zero_optimization_stage == stage
+    assert (ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps, ds.train_batch_size) == (4, 2, 8)
+    if stage == 3:
+        assert ds.zero_config.gather_16bit_weights_on_model_save
+
+
+def test_deepspeed_stage_writes_its_config_into_the_run(tmp_path, tiny_model, monkeypatch):
+    from distill.stages.train import sft_config_kwargs
+
+    monkeypatch.chdir(tmp_path)
+    run = open_run(load_recipe(student_recipe(tmp_path, tiny_model, deepspeed_stage=3)))
+    kwargs = sft_config_kwargs(run, run.dir / "train" / "checkpoints", [])
+    written = json.loads((run.dir / "train" / "deepspeed.json").read_text())
+    assert kwargs["deepspeed"] == str(run.dir / "train" / "deepspeed.json")
+    assert written["zero_optimization"]["stage"] == 3
+
+
+def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch):
+    from distill.stages.train import sft_config_kwargs
+
+    monkeypatch.chdir(tmp_path)
+    path = student_recipe(tmp_path, tiny_model, trl_args={"weight_decay": 0.1, "max_grad_norm": 0.5})
+    run = open_run(load_recipe(path))
+    kwargs = sft_config_kwargs(run, tmp_path, [])
+    assert (kwargs["weight_decay"], kwargs["max_grad_norm"]) == (0.1, 0.5)
+
+    data = yaml.safe_load(path.read_text())
+    data["train"]["trl_args"] = {"weight_decy": 0.1, "num_train_epochs": 3, "output_dir": "/tmp/x"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    text = str(e.value)
+    assert "train.trl_args.weight_decy: 0.1: not a trl.SFTConfig field (did you mean 'weight_decay'?)" in text
+    assert "train.trl_args.num_train_epochs: set it as train.epochs, not in trl_args" in text
+    assert "train.trl_args.output_dir: distill sets this one itself" in text
+
+
+def test_a_student_base_that_does_not_exist_is_a_recipe_error(tmp_path, tiny_model):
+    path = student_recipe(tmp_path, tiny_model)
+    data = yaml.safe_load(path.read_text())
+    data["student"]["base"] = "smollm2-135m-instrct"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert "student.base: 'smollm2-135m-instrct' is neither a model directory" in str(e.value)
+    assert "did you mean 'smollm2-135m-instruct'?" in str(e.value)
+
+
+def test_an_empty_dataset_says_what_to_do(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(student_recipe(tmp_path, tiny_model))
+    run, _ = run_pipeline(recipe, until="dataset", backend=ArithmeticBackend(wrong=True))
+    with pytest.raises(RuntimeError, match="no kept samples to train on; manifest.json says what was dropped"):
+        train_student(run)
