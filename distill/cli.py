@@ -67,7 +67,7 @@ def validate(recipe: str = typer.Argument(..., help="path of a recipe YAML")):
     if decision.obligations or decision.issues:
         from distill.licensing import render_text
 
-        _print_lines(render_text(decision))
+        _print_lines(render_text(decision)[1:])  # the verdict is on the line above
 
 
 @app.command()
@@ -201,6 +201,23 @@ def report(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>
         err.print(f"{run_dir}: not a distill run directory (no recipe.resolved.yaml)", markup=False, highlight=False)
         raise typer.Exit(2)
     console.print(f"wrote {build_report(run_dir)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def lineage(
+    teacher: Optional[str] = typer.Option(None, help="what derives from this teacher (id or model)"),
+    dataset: Optional[str] = typer.Option(None, help="what derives from this dataset (name or content hash)"),
+    licence: Optional[str] = typer.Option(None, help="what derives from anything under this licence id"),
+    model: Optional[str] = typer.Option(None, help="the full ancestry of this model (name or weights hash)"),
+    json_out: bool = typer.Option(False, "--json", help="rows as JSON"),
+    store: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the lineage store (default: $DISTILL_LINEAGE_URL, else runs/lineage.sqlite)"),
+    runs_dir: str = typer.Option("runs", help="where the default SQLite store lives"),
+):
+    """Query the lineage store: what derives from a teacher, dataset or licence (for a licence change or a takedown), or a model's ancestry."""
+    from distill.lineage_store import lineage_command
+
+    lineage_command(teacher=teacher, dataset=dataset, licence=licence, model=model, json_out=json_out,
+                    store_url=store, runs_dir=runs_dir)
 
 
 @app.command("ls")

@@ -109,9 +109,27 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
                 summaries[stage] = _run_stage(stage, run, tracker, backend, backend_for, progress_factory, verbose)
         except BaseException:
             tracker.finish(failed=True)
+            _register(run, failing=True)  # what exists is registered, whether the run finished or not
             raise
+        _register(run)
         tracker.finish()
     return run, summaries
+
+
+def _register(run: Run, failing: bool = False) -> None:
+    """Records the run's artifacts and their parents in the lineage store (the driver's job)."""
+    from distill.lineage_store import open_store, register_run
+
+    out = Path(run.recipe.output_dir)
+    try:
+        register_run(open_store(None, out if out.is_absolute() else Path.cwd() / out), run.dir)
+    except Exception as e:
+        if not failing:
+            raise
+        # The run's own error matters more; a later successful run registers everything.
+        import logging
+
+        logging.getLogger(__name__).warning("lineage store not updated: %s", e)
 
 
 def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_factory, verbose: bool):

@@ -100,7 +100,7 @@ def test_validate_cli_ok(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     run_id = load_recipe(path).content_hash()[:12]
-    assert f"{path}: ok (name test-recipe, run id {run_id})" in result.stdout.splitlines()
+    assert f"{path}: ok (name test-recipe, run id {run_id}); licence decision: allowed" in result.stdout.splitlines()
 
 
 @pytest.mark.parametrize(
