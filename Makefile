@@ -21,6 +21,7 @@ test-fast: install
 
 bench: install
 	$(VENV)/bin/python bench/sampling_overhead.py
+	$(VENV)/bin/python bench/sft_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

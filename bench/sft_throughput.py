@@ -7,7 +7,7 @@ Both sides see about the same number of tokens per optimizer step: the padded si
 batches of rows, the packed side rows of --max-length tokens. Tokens counted are real ones
 (prompt + completion, no padding), over the wall time of `trainer.train()`.
 
-    python bench/sft_throughput.py [--rows 256] [--model smollm2-135m-instruct|tiny] [--dataset PATH]
+    python bench/sft_throughput.py [--rows 64] [--model smollm2-135m-instruct|tiny] [--dataset PATH]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a teacher id, a model directory, or 'tiny'")
     ap.add_argument("--dataset", help="a dataset/train.parquet from a run, instead of synthetic rows")
     ap.add_argument("--max-length", type=int, default=1024)

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="A distillation and synthetic-data factory.")
 console = Console()
@@ -234,7 +235,8 @@ def list_registered():
         t.add_column("what it does")
         t.add_column("recipe example")
         for entry in registry:
-            t.add_row(entry.name, entry.summary, entry.example)
+            # Text, not markup: a YAML example's [a, b] list must not be read as a style tag.
+            t.add_row(entry.name, Text(entry.summary), Text(entry.example))
         if not registry.names():
             t.add_row("-", "none registered yet", "")
         console.print(t)

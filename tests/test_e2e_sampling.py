@@ -58,7 +58,8 @@ def killed_and_resumed(tiny_model, tmp_path_factory):
                 break
             time.sleep(0.1)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver, Ray and the engine: a crash, not a shutdown
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the driver, Ray and the engine: a crash, not a shutdown
         first.wait()
     assert samples is not None, (work / "first.log").read_text()[-3000:]
     run_dir = samples.parent

@@ -30,7 +30,8 @@ def finished(tiny_model, tmp_path_factory):
         # so every sample is kept and the student has something to train on.
         "verifiers": [{"name": "final-number", "required": False}],
         "student": {"name": "tiny-student", "base": "tiny.yaml"},
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 128, "save_steps": 2},
+        # A large step so that a few steps visibly move a random model.
+        "train": {"epochs": 1, "batch_size": 4, "max_length": 128, "save_steps": 2, "learning_rate": 0.01},
         "eval": {"k": 2},
         "tracking": {"wandb": "offline"},
     }))

@@ -63,6 +63,15 @@ def test_jsonl_without_answer_field_has_no_reference(tmp_path):
     assert all(r["reference"] is None for r in rows)
 
 
+def test_structured_answers_stay_json(tmp_path):
+    spec = {"tools": [{"name": "get_weather", "parameters": {"type": "object"}}],
+            "expected": [{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}]}
+    write_jsonl(tmp_path / "q.jsonl", [{"q": "Weather in Paris?", "a": spec}, {"q": "Seven?", "a": 7}])
+    rows = train_prompts(tmp_path, "- {source: jsonl, path: q.jsonl, question_field: q, answer_field: a, licence: mit}\n")
+    assert json.loads(rows[0]["reference"]) == spec  # JSON a verifier can parse, not a Python repr
+    assert rows[1]["reference"] == "7"
+
+
 def test_jsonl_bad_line_names_the_line(tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps({"question": "ok?"}) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"q\.jsonl:2: not valid JSON"):

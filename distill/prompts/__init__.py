@@ -86,7 +86,11 @@ def _rows_to_prompts(rows: Iterable[dict], p: FileParams) -> Iterable[dict]:
         if row[p.question_field] is None:  # a null cell (columnar files) would become the question "None"
             raise ValueError(f"{p.path}: row {i}: field {p.question_field!r} is null")
         ref = row.get(p.answer_field) if p.answer_field else None
-        yield {"question": str(row[p.question_field]), "reference": None if ref is None else str(ref)}
+        if ref is not None and not isinstance(ref, str):
+            # Structured references (a tool-call spec, a list of tests) stay parseable as JSON;
+            # numpy scalars and arrays from Parquet become their plain Python values first.
+            ref = json.dumps(ref.tolist() if hasattr(ref, "tolist") else ref, default=str)
+        yield {"question": str(row[p.question_field]), "reference": ref}
 
 
 @PROMPT_SOURCES.register("jsonl", params=FileParams, example="""
