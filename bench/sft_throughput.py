@@ -4,7 +4,8 @@ padded batches: same data, same model, same optimizer settings, one process per 
 The data are prompt-completion chat rows whose completion lengths spread the way reasoning
 traces do (a few short, many medium, a long tail), or a run's own dataset with --dataset.
 Both sides see about the same number of tokens per optimizer step: the padded side takes
-batches of rows, the packed side rows of --max-length tokens. Tokens counted are real ones
+batches of rows, the packed side rows of --max-length tokens; both train in the precision the
+train stage picks (bf16 autocast where the CPU has it). Tokens counted are real ones
 (prompt + completion, no padding), over the wall time of `trainer.train()`.
 
     python bench/sft_throughput.py [--rows 64] [--model smollm2-135m-instruct|tiny] [--dataset PATH]
@@ -101,7 +102,7 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
     from distill.stages.dataset import read_dataset
-    from distill.stages.train import resolve_base
+    from distill.stages.train import cpu_has_bf16, resolve_base
 
     run = open_run(load_recipe(recipe_path))
     t = run.recipe.train
@@ -112,6 +113,7 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
         args=SFTConfig(output_dir=str(run.dir / "baseline"), num_train_epochs=1, learning_rate=t.learning_rate,
                        per_device_train_batch_size=batch_size, max_length=t.max_length, packing=False,
                        padding_free=False, seed=t.seed, save_strategy="no", report_to=[], use_cpu=True,
+                       bf16=cpu_has_bf16(),  # the precision the train stage picks: the ratio is packing's alone
                        disable_tqdm=True, logging_steps=10, lr_scheduler_type="cosine", warmup_steps=0.03),
         train_dataset=data,
         processing_class=AutoTokenizer.from_pretrained(base.path),
