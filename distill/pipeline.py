@@ -19,7 +19,7 @@ from distill.recipe import Recipe
 from distill.teachers import Teacher, load_teacher
 
 # Verification runs inside `sample`, batch by batch.
-STAGES = ["prompts", "sample", "dataset", "train", "evaluate", "card", "report"]
+STAGES = ["prompts", "sample", "filter", "dataset", "train", "evaluate", "card", "report"]
 
 
 @dataclass
@@ -93,7 +93,7 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     if recipe.student is None:  # without a student the factory makes data only
-        stages = [s for s in stages if s in ("prompts", "sample", "dataset", "report")]
+        stages = [s for s in stages if s in ("prompts", "sample", "filter", "dataset", "report")]
     decision = check_licence(recipe)  # before any compute
     run = open_run(recipe)
     from distill.licensing import to_dict
@@ -143,14 +143,25 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
         return out
     if stage == "sample":
         from distill.stages.sample import sample_teacher
+        from distill.stages.verify import model_verifiers
 
         if backend is None:
             start_ray(run, verbose)
             backend = make_backend(run, verbose)
-        out = sample_teacher(run, backend, bar("sampling"))
+        judge = served_by_id(run, verbose, backend_for) if model_verifiers(recipe.verifiers) else None
+        out = sample_teacher(run, backend, bar("sampling"), backend_for=judge)
         tracker.log({"samples": out.samples_total, "accepted": out.accepted, "errors": out.errors,
                      "accept_rate": out.accepted / out.samples_total if out.samples_total else 0.0,
-                     "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier}, "sample")
+                     "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier,
+                     "rounds": out.rounds, "prompts_never_accepted": len(out.never_passed)}, "sample")
+        return out
+    if stage == "filter":
+        from distill.stages.filter import filter_samples
+
+        out = filter_samples(run, served_by_id(run, verbose, backend_for), bar("filters"))
+        tracker.log({"candidates": out["candidates"], "kept": out["kept"],
+                     "filters": {f["filter"]: {k: f[k] for k in ("seen", "flagged", "dropped", "marked", "redacted")}
+                                 for f in out["filters"]}}, "filter")
         return out
     if stage == "dataset":
         from distill.stages.dataset import build_dataset, read_dataset
@@ -174,7 +185,7 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
             start_ray(run, verbose)
             return make_backend(run, verbose, model)
 
-        out = evaluate(run, serve, progress_factory)
+        out = evaluate(run, serve, progress_factory, served_by_id(run, verbose, backend_for))
         tracker.summary({role: {k: v for k, v in out[role].items() if isinstance(v, (int, float))}
                          for role in ("teacher", "student")}, "eval")
         return out
@@ -187,6 +198,24 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
 
         return {"report": str(build_report(run.dir))}
     raise AssertionError(stage)
+
+
+def served_by_id(run: Run, verbose: bool, backend_for: Callable | None = None) -> Callable:
+    """model id (a teacher id or YAML) -> a backend serving it with the run's settings, made once
+    per id, started when first asked for: the judge verifier and guard-model filters use it."""
+    made: dict = {}
+
+    def serve(model_id: str):
+        if model_id not in made:
+            model = load_teacher(model_id, run.recipe.base_dir)
+            if backend_for is not None:
+                made[model_id] = backend_for(model)
+            else:
+                start_ray(run, verbose)
+                made[model_id] = make_backend(run, verbose, model)
+        return made[model_id]
+
+    return serve
 
 
 def _sample_rows(table, limit: int = 200) -> list[dict]:

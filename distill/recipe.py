@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from distill.licensing.engine import Acknowledgement
 from distill.registry import Params, Registry, closest
@@ -73,8 +73,19 @@ class Sampling(Section):
     seed: int = Field(0, ge=0)  # each sample's seed derives from this, its prompt and its index
     # Samples per written batch file: bounds what a crash can cost (at most the batches in flight).
     batch_size: int = Field(64, ge=1)
+    # Verifier in the loop: a prompt with fewer accepted samples than this after a round is sampled
+    # again (n more samples, new seeds), for at most max_rounds rounds in all. None: one round.
+    accepted_per_prompt: int | None = Field(None, ge=1)
+    max_rounds: int = Field(1, ge=1, le=100)
     # Further vllm.SamplingParams fields, passed through unchanged (checked against vLLM).
     extra: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _rounds_need_a_target(self):
+        if self.max_rounds > 1 and self.accepted_per_prompt is None:
+            raise ValueError("max_rounds > 1 re-samples prompts with too few accepted samples: "
+                             "set accepted_per_prompt too")
+        return self
 
 
 class Verifier(Component):
@@ -238,6 +249,19 @@ class RecipeError(Exception):
         super().__init__("\n".join(p.render(file) for p in problems))
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as people write recipes: only true/false are booleans. YAML 1.1 (PyYAML's default)
+    also reads on/off/yes/no as booleans, so a filter's `on: completion` became {True: ...}."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def yaml_error(e: yaml.YAMLError) -> str:
     """A YAML error on one line (PyYAML's own message spans several, with a caret drawing)."""
     mark = getattr(e, "problem_mark", None)
@@ -336,7 +360,7 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     file = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=RecipeLoader)
     except FileNotFoundError:
         raise RecipeError(file, [Problem("(file)", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8 text
@@ -382,6 +406,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
     if recipe is not None:
         problems.extend(_check_passthrough(recipe))
+        if recipe.sampling.accepted_per_prompt and not any(v.required for v in recipe.verifiers):
+            problems.append(Problem("sampling.accepted_per_prompt", "counts samples the verifiers accepted: "
+                                    "add a required verifier, or remove it"))
         if recipe.student is not None:
             from distill.stages.train import check_base
 

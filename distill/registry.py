@@ -26,6 +26,10 @@ class Entry:
     params: type[Params]
     summary: str
     example: str
+    # The function takes a fourth argument: a context object (the questions, finish reasons, models).
+    takes_context: bool = False
+    # It runs a model (an LLM judge): the sample stage runs it after the teacher's batch, not during.
+    uses_model: bool = False
 
 
 def closest(name: str, choices: list[str]) -> str | None:
@@ -38,14 +42,16 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, params: type[Params] = Params, example: str = "") -> Callable:
+    def register(self, name: str, *, params: type[Params] = Params, example: str = "", takes_context: bool = False,
+                 uses_model: bool = False) -> Callable:
         """Decorator: the function's docstring first line is its summary in `distill ls`."""
 
         def wrap(fn):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = (fn.__doc__ or "").strip().splitlines()
-            self._entries[name] = Entry(name, fn, params, doc[0] if doc else "", example.strip())
+            self._entries[name] = Entry(name, fn, params, doc[0] if doc else "", example.strip(), takes_context,
+                                        uses_model)
             return fn
 
         return wrap

@@ -44,5 +44,5 @@ def test_until_prompts_stops_before_sampling(recipe):
 
 
 def test_unknown_stage_is_refused(recipe):
-    with pytest.raises(ValueError, match="stages: prompts, sample, dataset, train, evaluate, card, report"):
+    with pytest.raises(ValueError, match="stages: prompts, sample, filter, dataset, train, evaluate, card, report"):
         run_pipeline(recipe, until="bogus", backend=NoBackend())

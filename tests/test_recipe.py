@@ -210,3 +210,13 @@ def test_shipped_recipe_validates(path):
     assert recipe.name
     # House style: the header comment gives the launch command for this very file.
     assert f"distill run {path.relative_to(REPO)}" in path.read_text()
+
+
+def test_on_off_yes_no_are_words_not_booleans(tmp_path):
+    """A filter's `on: completion` key must reach the filter as the word "on" (YAML 1.1 reads it as True)."""
+    import yaml
+
+    from distill.recipe import RecipeLoader
+
+    data = yaml.load("on: completion\nflag: yes\nlive: true\noff_key: off\n", Loader=RecipeLoader)
+    assert data == {"on": "completion", "flag": "yes", "live": True, "off_key": "off"}

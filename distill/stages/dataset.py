@@ -1,7 +1,9 @@
 """Dataset: the kept samples as an SFT dataset in chat format, with a manifest and a card.
 
-A sample is kept when it is not an error, every required verifier accepted it, and it is
-not an exact duplicate (same prompt, same completion) of a sample kept before it.
+A sample is kept when it is not an error, every required verifier accepted it, no filter in
+`drop` mode dropped it, and it is not an exact duplicate (same prompt, same completion) of a
+sample kept before it. A filter's rewrite (PII redacted) is the text that is kept; the filters
+that only marked a row are listed in its `flags` column.
 Rows are in TRL's prompt-completion conversational format, so the trainer computes the
 loss on the completion only.
 """
@@ -29,13 +31,17 @@ DATASET_SCHEMA = pa.schema([
     ("prompt_licence", pa.string()),
     ("teacher_id", pa.string()),
     ("teacher_licence", pa.string()),
+    ("flags", pa.list_(pa.string())),  # the filters that marked (not dropped) this row
 ])
 
 
 def build_dataset(run) -> dict:
     """Writes dataset/train.parquet, dataset/manifest.json and dataset/README.md; returns the manifest."""
+    from distill.stages.filter import read_decisions, read_filter_summary
+
     samples = read_samples(run.dir).to_pylist()
     samples.sort(key=lambda s: (s["prompt_id"], s["sample_index"]))  # the same order on every machine
+    filtered = read_decisions(run.dir)  # None: no filter stage ran
     drops: Counter = Counter()
     seen: set[tuple[str, str]] = set()
     rows = []
@@ -46,6 +52,17 @@ def build_dataset(run) -> dict:
         if not s["accepted"]:
             drops["not accepted by the verifiers"] += 1
             continue
+        flags: list[str] = []
+        if filtered is not None:
+            f = filtered.get(s["sample_id"])
+            if f is None:
+                raise RuntimeError(f"sample {s['sample_id']} has no filter decision: rerun the filter stage")
+            if not f["kept"]:
+                dropped_by = next(d["filter"] for d in f["decisions"] if d["action"] == "dropped")
+                drops[f"filter {dropped_by}"] += 1
+                continue
+            s = {**s, "completion": f["completion"]}
+            flags = [d["filter"] for d in f["decisions"] if d["action"] == "marked"]
         key = (s["prompt_id"], s["completion"].strip())
         if key in seen:
             drops["exact duplicate"] += 1
@@ -60,6 +77,7 @@ def build_dataset(run) -> dict:
             "prompt_licence": s["prompt_licence"],
             "teacher_id": s["teacher_id"],
             "teacher_licence": s["teacher_licence"],
+            "flags": flags,
         })
     table = pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
     out = run.dir / "dataset"
@@ -74,7 +92,7 @@ def build_dataset(run) -> dict:
         "prompts_with_a_kept_sample": len({r["prompt_id"] for r in rows}),
         "dropped": dict(sorted(drops.items())),
         "verifiers": _verifier_counts(samples),
-        "filters": {},  # no filter is registered yet
+        "filters": (read_filter_summary(run.dir) or {}).get("filters", []),
         "teachers": _teachers(samples),
         "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
     }
@@ -159,12 +177,27 @@ recipe with hash `{manifest['recipe_hash']}` (run `{manifest['run_id']}`).
 |---|---|---|---|
 {verifier_lines}
 
+## Filters
+
+{_filter_lines(manifest["filters"])}
+
 ## Licence
 
 Licences involved: {', '.join(licences) or 'none'}.
 {_licence_text(run)}
 """
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _filter_lines(filters: list[dict]) -> str:
+    if not filters:
+        return "No filter ran."
+    lines = ["| filter | mode | seen | flagged | dropped | marked | redacted | most flagged for |", "|---|---|---|---|---|---|---|---|"]
+    for f in filters:
+        top = ", ".join(f"{c} ({n})" for c, n in list(f["by_category"].items())[:3]) or "-"
+        lines.append(f"| {f['filter']} | {f['mode']} | {f['seen']} | {f['flagged']} | {f['dropped']} | {f['marked']} "
+                     f"| {f['redacted']} | {top} |")
+    return "\n".join(lines)
 
 
 def _licence_text(run) -> str:

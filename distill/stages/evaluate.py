@@ -87,7 +87,7 @@ def plan_eval(recipe, prompts: list[dict]) -> list[dict]:
     return work
 
 
-def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progress=None) -> pa.Table:
+def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progress=None, judge=None) -> pa.Table:
     """One model's answers to every eval request, verified; written to eval/<role>.parquet."""
     recipe = run.recipe
     work = plan_eval(recipe, prompts)
@@ -108,7 +108,10 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
             })
         if progress:
             progress.advance(len(results))
-    verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows])
+    questions = {p["prompt_id"]: p["question"] for p in prompts}
+    verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows],
+                            questions=[questions[r["prompt_id"]] for r in rows],
+                            finish_reasons=[r["finish_reason"] for r in rows], backend_for=judge)
     for row, v in zip(rows, verdicts):
         row["verdicts"] = v
         row["correct"] = accepted(v, row["error"])
@@ -149,8 +152,9 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
     }
 
 
-def evaluate(run, backend_for, progress_factory=None) -> dict:
-    """Evaluates teacher then student; `backend_for(model)` builds a backend serving that model."""
+def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
+    """Evaluates teacher then student; `backend_for(model)` builds a backend serving that model;
+    `judge(model id)` serves the models of model-running verifiers."""
     prompts = eval_prompts(run)
     models = {"teacher": run.teacher, "student": student_as_model(run)}
     tables = {}
@@ -161,7 +165,7 @@ def evaluate(run, backend_for, progress_factory=None) -> dict:
             tables[role] = pq.read_table(path)
             continue
         progress = progress_factory(f"evaluating {role}") if progress_factory else None
-        tables[role] = answer(run, role, model, backend_for(model), prompts, progress)
+        tables[role] = answer(run, role, model, backend_for(model), prompts, progress, judge)
     price = run.recipe.eval.price_per_mtok
     result = {
         "run_id": run.id,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from distill import storage
 from distill.lineage import digest, sample_id, sample_seed
-from distill.stages.verify import accepted, verify_batch
+from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
 
 VERDICT = pa.struct([
     ("verifier", pa.string()),
@@ -98,17 +98,21 @@ class SampleSummary:
     completion_tokens_new: int = 0
     seconds: float = 0.0
     per_verifier: dict = field(default_factory=dict)  # name -> {passed, failed, none}
+    rounds: list = field(default_factory=list)  # per sampling round: samples, accepted, accept rate
+    never_passed: list = field(default_factory=list)  # prompt ids with no accepted sample
 
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens_new / self.seconds if self.seconds else 0.0
 
 
-def plan_work(recipe, prompts: list[dict], done: set[str]) -> list[dict]:
-    """Every (prompt, sample index) not yet written, as backend request rows."""
+def plan_work(recipe, prompts: list[dict], done: set[str], round_: int = 0) -> list[dict]:
+    """Every (prompt, sample index) of a round not yet written, as backend request rows.
+    Round r holds the sample indices r*n .. r*n+n-1, so every round brings new seeds."""
+    n = recipe.sampling.n
     work = []
     for p in prompts:
-        for i in range(recipe.sampling.n):
+        for i in range(round_ * n, (round_ + 1) * n):
             work_id = f"{p['prompt_id']}:{i}"
             if work_id in done:
                 continue
@@ -121,41 +125,120 @@ def plan_work(recipe, prompts: list[dict], done: set[str]) -> list[dict]:
     return work
 
 
-def sample_teacher(run, backend, progress=None) -> SampleSummary:
-    """Sample every pending unit of the run's train prompts; write verified parts."""
+def sample_teacher(run, backend, progress=None, backend_for=None) -> SampleSummary:
+    """Sample every pending unit of the run's train prompts; write verified parts.
+
+    With `sampling.accepted_per_prompt`, prompts short of that many accepted samples after a
+    round get another round of n samples, up to `sampling.max_rounds` rounds. `backend_for(model
+    id)` serves the models of model-running verifiers (the judge).
+    """
     from distill.stages.prompts import read_prompts
 
-    recipe, teacher = run.recipe, run.teacher
+    recipe = run.recipe
+    s = recipe.sampling
     prompts = {p["prompt_id"]: p for p in read_prompts(run.dir, "train")}
     reused = reuse_samples(run)
     existing = read_samples(run.dir, ["prompt_id", "sample_index"])
     done = {f"{p}:{i}" for p, i in zip(existing["prompt_id"].to_pylist(), existing["sample_index"].to_pylist())}
-    work = plan_work(recipe, list(prompts.values()), done)
     summary = SampleSummary(prompts=len(prompts), resumed_from=len(done), reused_from=reused)
-    total = len(prompts) * recipe.sampling.n
     if progress:
-        progress.start(total=total, completed=len(done))
+        progress.start(total=len(prompts) * s.n, completed=min(len(done), len(prompts) * s.n))
     started = time.time()
-    if work:
-        info = backend.describe()
-        requests = {w["work_id"]: w for w in work}
-        for results in backend.generate(work):
-            rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
-            verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows])
-            for row, v in zip(rows, verdicts):
-                row["verdicts"] = v
-                row["accepted"] = accepted(v, row["error"])
-            part = run.dir / "samples" / f"part-{digest(sorted(r['work_id'] for r in results))}.parquet"
-            for row in rows:
-                row.pop("work_id")
-            storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-            summary.samples_new += len(rows)
-            summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
-            if progress:
-                progress.advance(len(rows))
+    info = None
+    for round_ in range(s.max_rounds):
+        if round_ == 0:
+            targets = list(prompts.values())
+        else:
+            short = short_prompts(read_samples(run.dir, ["prompt_id", "accepted"]), s.accepted_per_prompt, prompts)
+            targets = [prompts[pid] for pid in short]
+            if not targets:
+                break
+        work = plan_work(recipe, targets, done, round_)
+        if round_ > 0 and progress and work:
+            progress.start(total=len(targets) * s.n, completed=len(targets) * s.n - len(work))  # a bar per round
+        if work:
+            info = info or backend.describe()
+            _generate(run, backend, info, prompts, work, summary, progress, with_models=backend_for is None)
+        if backend_for is not None:
+            add_pending_model_verdicts(run, backend_for)
+        if not s.accepted_per_prompt:
+            break
     summary.seconds = time.time() - started
-    _count(summary, read_samples(run.dir, ["accepted", "error", "verdicts"]))
+    table = read_samples(run.dir, ["prompt_id", "sample_index", "accepted", "error", "verdicts"])
+    _count(summary, table)
+    summary.rounds = round_stats(table, s.n)
+    summary.never_passed = never_passed(table)
     return summary
+
+
+def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool) -> None:
+    recipe = run.recipe
+    requests = {w["work_id"]: w for w in work}
+    for results in backend.generate(work):
+        rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
+        verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows],
+                                questions=[r["prompt_text"] for r in rows],
+                                finish_reasons=[r["finish_reason"] for r in rows], with_models=with_models)
+        for row, v in zip(rows, verdicts):
+            row["verdicts"] = v
+            row["accepted"] = accepted(v, row["error"], recipe.verifiers)
+        part = run.dir / "samples" / f"part-{digest(sorted(r['work_id'] for r in results))}.parquet"
+        for row in rows:
+            row.pop("work_id")
+        storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        summary.samples_new += len(rows)
+        summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
+        if progress:
+            progress.advance(len(rows))
+
+
+def add_pending_model_verdicts(run, backend_for) -> int:
+    """Runs the model verifiers (the judge) over every sample that lacks their verdict, after the
+    teacher's engine is done, in one pass (one engine start); rewrites the parts it changed, each
+    atomically. Returns the number of parts rewritten."""
+    if not model_verifiers(run.recipe.verifiers):
+        return 0
+    parts = {part: pq.read_table(part, schema=SAMPLE_SCHEMA).to_pylist()
+             for part in sorted((run.dir / "samples").glob("part-*.parquet"))}
+    before = {part: [len(r["verdicts"] or []) for r in rows] for part, rows in parts.items()}
+    if not add_model_verdicts(run.recipe.verifiers, [r for rows in parts.values() for r in rows], backend_for):
+        return 0
+    rewritten = 0
+    for part, rows in parts.items():
+        if [len(r["verdicts"] or []) for r in rows] == before[part]:
+            continue
+        # Written by rename: a part hard-linked from a sibling run keeps its old text there.
+        storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        rewritten += 1
+    return rewritten
+
+
+def short_prompts(table: pa.Table, wanted: int, prompts: dict) -> list[str]:
+    """Prompts (in prompt order) with fewer than `wanted` accepted samples so far."""
+    got: dict[str, int] = {pid: 0 for pid in prompts}
+    for pid, ok in zip(table["prompt_id"].to_pylist(), table["accepted"].to_pylist()):
+        if ok and pid in got:
+            got[pid] += 1
+    return [pid for pid, k in got.items() if k < wanted]
+
+
+def round_stats(table: pa.Table, n: int) -> list[dict]:
+    """Per sampling round: samples, accepted, accept rate (round = sample_index // n)."""
+    rounds: dict[int, list[int]] = {}
+    for index, ok in zip(table["sample_index"].to_pylist(), table["accepted"].to_pylist()):
+        r = rounds.setdefault(index // n, [0, 0])
+        r[0] += 1
+        r[1] += bool(ok)
+    return [{"round": r, "samples": c[0], "accepted": c[1], "accept_rate": c[1] / c[0] if c[0] else 0.0}
+            for r, c in sorted(rounds.items())]
+
+
+def never_passed(table: pa.Table) -> list[str]:
+    """Prompt ids none of whose samples was accepted, in any round."""
+    ok: dict[str, bool] = {}
+    for pid, a in zip(table["prompt_id"].to_pylist(), table["accepted"].to_pylist()):
+        ok[pid] = ok.get(pid, False) or bool(a)
+    return sorted(pid for pid, a in ok.items() if not a)
 
 
 def reuse_samples(run) -> str | None:

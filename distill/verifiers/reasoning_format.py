@@ -7,9 +7,9 @@
 - Lengths are counted in whitespace-separated words by default: they do not depend on a
   tokenizer, and a word count is what a reader judges "too long" by. `length_unit: chars` suits
   languages written without spaces. Each bound is inclusive; None means no bound.
-- Truncation is judged from the text only: a block that never closes is what a generation cut off
-  at max_tokens looks like. finish_reason=length is already recorded on each sample; a later change
-  can pass it to verifiers.
+- No truncated generation: a sample whose finish reason is "length" (the token budget ran out)
+  fails even if its text looks complete, since the answer may have been cut mid-sentence
+  (`reject_truncated: false` turns that off). A block that never closes fails anyway.
 The reference is not used. Every verdict is 1.0 or 0.0, never None: the format is always checkable.
 """
 
@@ -34,6 +34,8 @@ class ReasoningFormatParams(Params):
     max_thinking: int | None = Field(None, ge=0)
     min_answer: int | None = Field(None, ge=0)  # an answer is required anyway: at least 1
     max_answer: int | None = Field(None, ge=0)
+    # A generation cut at max_tokens may end mid-answer however well-formed it looks.
+    reject_truncated: bool = True
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -80,8 +82,10 @@ def _structure(text: str, p: ReasoningFormatParams) -> tuple[str, str] | str:
     return text[at + len(p.open_tag) if opened else 0 : end].strip(), answer
 
 
-def _verdict(completion: object, p: ReasoningFormatParams) -> Verdict:
+def _verdict(completion: object, p: ReasoningFormatParams, finish_reason: str | None = None) -> Verdict:
     text = completion if isinstance(completion, str) else str(completion or "")
+    if p.reject_truncated and finish_reason == "length":
+        return Verdict(0.0, "truncated: the generation ran out of tokens (finish reason 'length')")
     parts = _structure(text, p)
     if isinstance(parts, str):
         return Verdict(0.0, parts)
@@ -97,6 +101,7 @@ def _verdict(completion: object, p: ReasoningFormatParams) -> Verdict:
 @VERIFIERS.register(
     "reasoning-format",
     params=ReasoningFormatParams,
+    takes_context=True,
     example="""
 verifiers:
   - name: reasoning-format
@@ -108,8 +113,9 @@ verifiers:
 """,
 )
 def verify_reasoning_format(
-    completions: list[str], references: list[str | None], params: ReasoningFormatParams
+    completions: list[str], references: list[str | None], params: ReasoningFormatParams, ctx=None
 ) -> list[Verdict]:
-    """One closed <think> block before a non-empty answer, thinking and answer within length bounds."""
+    """One closed <think> block before a non-empty answer, thinking and answer within length bounds, not truncated."""
+    finish = ctx.finish_reasons if ctx is not None else [None] * len(completions)
     # The reference is not used; zip checks the batch is consistent all the same.
-    return [_verdict(c, p=params) for c, _ in zip(completions, references, strict=True)]
+    return [_verdict(c, params, f) for c, _, f in zip(completions, references, finish, strict=True)]

@@ -96,6 +96,7 @@ def test_the_run_directory_holds_exactly_these_files(finished):
     student_weights = {f for f in files if f.startswith("student/") and f.endswith(".safetensors")}
     assert files - checkpoints - wandb_files - samples - student_weights == {
         ".lock", "recipe.resolved.yaml", "licence.json", "prompts/train.parquet", "prompts/eval.parquet",
+        "filters/decisions.parquet", "filters/summary.json",
         "dataset/train.parquet", "dataset/manifest.json", "dataset/README.md",
         "train/summary.json",
         "student/config.json", "student/generation_config.json", "student/tokenizer.json",

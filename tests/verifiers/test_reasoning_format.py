@@ -97,3 +97,19 @@ def test_reasoning_format_registered_with_params():
 def test_reasoning_format_params_rejected(bad):
     with pytest.raises(ValidationError):
         ReasoningFormatParams(**bad)
+
+
+@pytest.mark.parametrize("finish, params, passed, reason", [
+    ("stop", {}, True, "thinking"),
+    ("length", {}, False, "truncated"),
+    ("length", {"reject_truncated": False}, True, "thinking"),
+    (None, {}, True, "thinking"),  # no finish reason known: judged from the text alone
+])
+def test_reasoning_format_sees_the_finish_reason(finish, params, passed, reason):
+    from types import SimpleNamespace
+
+    from distill.stages.verify import verify_batch
+
+    spec = SimpleNamespace(name="reasoning-format", required=True, threshold=1.0, params=ReasoningFormatParams(**params))
+    [[v]] = verify_batch([spec], ["<think>add them</think> 5"], [None], finish_reasons=[finish])
+    assert v["passed"] is passed and reason in v["reason"]
