@@ -48,7 +48,6 @@ KINDS: tuple[str, ...] = get_args(Kind)
 
 class PiiParams(Params):
     # The completion is what the student learns to reproduce; prompts are often public data.
-    # Quote the key in a recipe ("on": both): YAML 1.1 reads a bare on as the boolean true.
     on: Literal["completion", "prompt", "both"] = "completion"
     kinds: list[Kind] = Field(default_factory=lambda: list(KINDS), min_length=1)  # all: any one of them leaks
     # Keep the sample with placeholders rather than lose it: the rest of the text is still good.
@@ -253,7 +252,7 @@ def _verdict(row: dict, params: PiiParams, allow: Allow) -> FilterVerdict:
 filters:
   - name: pii
     mode: drop  # what happens to a flagged row that is not redacted (its prompt holds PII)
-    "on": both  # quoted: YAML reads a bare on as true
+    on: both
     kinds: [secret, card, email, phone, ip]
     redact: true
     allow: ["@example.com", "127.0.0.1", "support@our-company.test"]  # replaces the defaults

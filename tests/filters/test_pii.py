@@ -3,6 +3,7 @@ import yaml
 from pydantic import ValidationError
 
 from distill.filters import FILTERS, FilterContext, FilterVerdict
+from distill.recipe import RecipeLoader
 from distill.filters.pii import KINDS, PATTERNS_FILE, Allow, PiiParams, filter_pii, find_pii, load_patterns
 
 # Shapes only: made-up values that no provider issued.
@@ -252,7 +253,7 @@ def test_pii_is_registered_with_a_valid_example():
     entry = FILTERS.get("pii")
     assert entry.fn is filter_pii and entry.params is PiiParams
     assert entry.summary and "\n" not in entry.summary
-    [spec] = yaml.safe_load(entry.example)["filters"]
+    [spec] = yaml.load(entry.example, Loader=RecipeLoader)["filters"]  # as a recipe is read
     assert spec.pop("name") == "pii"
     spec.pop("mode", None)  # the recipe's own key beside the filter's
     entry.params(**spec)
