@@ -152,6 +152,20 @@ def _print_summary(summaries: dict) -> None:
                 v.add_row(name, str(c["passed"]), str(c["failed"]), str(c["none"]),
                           f"{c['passed'] / scored:.1%}" if scored else "-")
             console.print(v)
+        if len(s.rounds) > 1:
+            console.print("rounds: " + "; ".join(f"{r['round']}: {r['accepted']}/{r['samples']} accepted"
+                                                 for r in s.rounds)
+                          + f"; {len(s.never_passed)} prompts never accepted (listed in report.html)")
+    if f := summaries.get("filter"):
+        if f["filters"]:
+            t = Table(title=f"filters: {f['kept']} of {f['candidates']} accepted samples kept", show_header=True)
+            for col in ("filter", "mode", "seen", "flagged", "dropped", "marked", "redacted", "flagged by kind"):
+                t.add_column(col, justify="left" if col in ("filter", "mode", "flagged by kind") else "right")
+            for x in f["filters"]:
+                kinds = ", ".join(f"{c} {n}" for c, n in list(x["by_category"].items())[:4]) or "-"
+                t.add_row(x["filter"], x["mode"], *(str(x[k]) for k in ("seen", "flagged", "dropped", "marked", "redacted")),
+                          Text(kinds))
+            console.print(t)
     if d := summaries.get("dataset"):
         dropped = ", ".join(f"{reason} {n}" for reason, n in d["dropped"].items()) or "none"
         console.print(f"dataset: {d['rows']} rows kept of {d['samples']} samples "

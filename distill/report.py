@@ -99,6 +99,52 @@ def plot_eval(ev: dict | None) -> str | None:
     return _svg(fig)
 
 
+def plot_rounds(rounds: list[dict]) -> str | None:
+    if len(rounds) < 2:  # one round: the verifier plot says it all
+        return None
+    fig, ax = _figure()
+    bars = ax.bar([f"round {r['round']}\n{r['samples']} samples" for r in rounds], [r["accept_rate"] for r in rounds],
+                  color="#3a7d44")
+    ax.bar_label(bars, labels=[f"{r['accept_rate']:.0%}" for r in rounds], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accepted share")
+    ax.set_title("Accept rate per sampling round (later rounds: prompts still short)")
+    return _svg(fig)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def filters_html(summary: dict | None) -> str | None:
+    if not summary or not summary.get("filters"):
+        return None
+    rows = [[f["filter"], f["mode"], f["seen"], f["flagged"], f["dropped"], f["marked"], f["redacted"],
+             ", ".join(f"{c}: {n}" for c, n in f["by_category"].items()) or "-"] for f in summary["filters"]]
+    return (f"<p>{summary['candidates']} accepted samples went in, {summary['kept']} came out. Each filter saw what "
+            "the ones above it kept; the last column counts flagged rows by kind (a benchmark, a PII kind, a "
+            "safety category).</p>"
+            + _table(["filter", "mode", "seen", "flagged", "dropped", "marked", "redacted", "flagged by kind"], rows))
+
+
+def never_passed_html(run_dir: Path, table, n: int) -> str | None:
+    from distill.stages.sample import never_passed, round_stats
+
+    if len(round_stats(table, n)) < 2:
+        return None
+    ids = never_passed(table)
+    if not ids:
+        return "<p>Every prompt had an accepted sample.</p>"
+    from distill.stages.prompts import read_prompts
+
+    text = {p["prompt_id"]: p["question"] for p in read_prompts(run_dir, "train")}
+    items = "".join(f"<li><code>{i}</code> {html.escape(text.get(i, '')[:160])}</li>" for i in ids[:50])
+    more = f"<p>... and {len(ids) - 50} more (samples/*.parquet has them all).</p>" if len(ids) > 50 else ""
+    return f"<p>{len(ids)} prompts never had an accepted sample, in any round:</p><ul>{items}</ul>{more}"
+
+
 def build_report(run_dir: Path) -> Path:
     """Writes report.html from the files in the run directory; missing stages are said so."""
     from distill.stages.sample import read_samples
@@ -107,14 +153,26 @@ def build_report(run_dir: Path) -> Path:
     manifest = _json(run_dir / "dataset" / "manifest.json")
     train = _json(run_dir / "train" / "summary.json")
     ev = _json(run_dir / "eval.json")
-    samples = read_samples(run_dir, ["accepted", "completion_tokens", "error"]).to_pylist()
+    table = read_samples(run_dir, ["prompt_id", "sample_index", "accepted", "completion_tokens", "error"])
+    samples = table.to_pylist()
+    resolved_file = run_dir / "recipe.resolved.yaml"
+    n = 1
+    if resolved_file.is_file():
+        import yaml
+
+        n = yaml.safe_load(resolved_file.read_text())["recipe"]["sampling"]["n"]
+    from distill.stages.filter import read_filter_summary
+    from distill.stages.sample import round_stats
     kept = [s["completion_tokens"] for s in samples if s["accepted"]]
     rejected = [s["completion_tokens"] for s in samples if not s["accepted"] and not s["error"]]
     per_verifier = (manifest or {}).get("verifiers", {})
 
     sections = [
         ("Verifiers", plot_accept_rates(per_verifier), "no samples verified yet"),
+        ("Sampling rounds", plot_rounds(round_stats(table, n)), None),
+        ("Prompts that never passed", never_passed_html(run_dir, table, n), None),
         ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
+        ("Filters", filters_html(read_filter_summary(run_dir)), "no filter ran"),
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),
         ("Student vs teacher", plot_eval(ev), "the evaluate stage has not run"),
     ]
@@ -129,15 +187,15 @@ def build_report(run_dir: Path) -> Path:
                      f"{train['tokens_per_second']:.0f} tokens/s")
     if ev:
         facts.append(f"pass@1 teacher {ev['teacher']['pass@1']:.1%} vs student {ev['student']['pass@1']:.1%}")
-    resolved = (run_dir / "recipe.resolved.yaml").read_text() if (run_dir / "recipe.resolved.yaml").is_file() else ""
+    resolved = resolved_file.read_text() if resolved_file.is_file() else ""
     body = "\n".join(
         f"<section><h2>{html.escape(title)}</h2>{svg if svg else f'<p class=none>{html.escape(none)}</p>'}</section>"
-        for title, svg, none in sections
+        for title, svg, none in sections if svg or none  # None: a section only some runs have
     )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>distill report: {html.escape(run_dir.parent.name)} / {html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:920px;margin:2em auto;padding:0 1em;color:#222}}
-section{{margin:1.5em 0}} svg{{max-width:100%;height:auto}} .none{{color:#888}} pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style>
+section{{margin:1.5em 0}} svg{{max-width:100%;height:auto}} .none{{color:#888}} table{{border-collapse:collapse;font-size:14px}} td,th{{border:1px solid #ddd;padding:3px 8px;text-align:left}} pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style>
 </head><body>
 <h1>distill run {html.escape(run_dir.parent.name)} / {html.escape(run_dir.name)}</h1>
 <ul>{''.join(f'<li>{html.escape(f)}</li>' for f in facts)}</ul>

@@ -114,6 +114,14 @@ def test_the_dataset_honours_the_filters(filtered):
     assert "| safety | drop | 12 | 3 | 3 | 0 | 0 | refusal (3) |" in card
 
 
+def test_the_report_shows_the_filters(filtered):
+    from distill.report import build_report
+
+    page = build_report(filtered[0].dir).read_text()
+    assert "<td>safety</td><td>drop</td><td>12</td><td>3</td><td>3</td>" in page
+    assert "refusal: 3" in page and "Sampling rounds" not in page  # one round: no rounds section
+
+
 def test_a_rerun_reuses_the_decisions(filtered, monkeypatch):
     run, _ = filtered
     import distill.filters.safety as safety
@@ -165,6 +173,11 @@ def test_verifier_in_the_loop_resamples_short_prompts(tmp_path, monkeypatch):
     assert len(s.never_passed) == 2
     # seeds differ between rounds: every sample has its own
     assert len({r["seed"] for r in rows}) == len(rows)
+    from distill.report import build_report
+
+    page = build_report(run.dir).read_text()
+    assert "Accept rate per sampling round" in page and "2 prompts never had an accepted sample" in page
+    assert "Name a colour." in page
     # A rerun has nothing left to do.
     backend.seen.clear()
     run_pipeline(load_recipe(path), until="sample", backend=backend)
