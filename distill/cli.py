@@ -236,13 +236,27 @@ def lineage(
 
 
 @app.command("ls")
-def list_registered():
-    """List registered verifiers, filters, prompt sources and teachers, from the registries."""
+def list_registered(name: Optional[str] = typer.Argument(None, help="a verifier, filter or prompt source: show its full documentation")):
+    """List registered verifiers, filters, prompt sources and teachers, from the registries; with a NAME, document that one."""
     from distill.filters import FILTERS
     from distill.prompts import PROMPT_SOURCES
     from distill.teachers import catalog, load_teacher
     from distill.verifiers import VERIFIERS
 
+    registries = (VERIFIERS, FILTERS, PROMPT_SOURCES)
+    if name is not None:
+        found = [r for r in registries if name in r]
+        if not found:
+            from distill.registry import closest
+
+            everything = sorted(n for r in registries for n in r.names())
+            hint = closest(name, everything)
+            err.print(f"nothing is registered as {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                      + f"; registered: {', '.join(everything)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        for registry in found:
+            _document(registry.kind, registry.get(name))
+        return
     for title, registry in (("verifiers", VERIFIERS), ("filters", FILTERS), ("prompt sources", PROMPT_SOURCES)):
         t = Table(title=title, show_lines=True)
         t.add_column("name", style="bold")
@@ -262,6 +276,31 @@ def list_registered():
         t.add_row(tid, teacher.model, teacher.licence, f"{teacher.params_b:g}",
                   f"{teacher.serving.tensor_parallel_size} x {teacher.serving.pipeline_parallel_size}")
     console.print(t)
+
+
+def _document(kind: str, entry) -> None:
+    """One component's documentation: its module's docstring, its parameters with defaults, an example."""
+    import sys
+    import typing
+
+    console.print(f"[bold]{entry.name}[/bold] ({kind}): {entry.summary}", highlight=False, soft_wrap=True)
+    doc = sys.modules[entry.fn.__module__].__doc__ or ""
+    console.print(Text(doc.strip()), soft_wrap=True)  # its own line breaks, not the terminal's
+    t = Table(title="parameters")
+    for col in ("key", "type", "default"):
+        t.add_column(col)
+    for key, field in entry.params.model_fields.items():
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        kind_name = str(field.annotation).replace("typing.", "")
+        if typing.get_origin(field.annotation) is typing.Literal:
+            kind_name = " | ".join(map(str, typing.get_args(field.annotation)))
+        elif isinstance(field.annotation, type):
+            kind_name = field.annotation.__name__
+        t.add_row(key, Text(kind_name), Text(default))
+    console.print(t)
+    if entry.example:
+        console.print("example:")
+        console.print(Text(entry.example), soft_wrap=True)
 
 
 if __name__ == "__main__":
