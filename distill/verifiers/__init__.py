@@ -22,7 +22,7 @@ class Verdict:
 
 def _load_builtins() -> None:
     # Importing the modules runs their @VERIFIERS.register decorators.
-    from distill.verifiers import final_number, judge, math, reasoning_format, tool_call  # noqa: F401
+    from distill.verifiers import code, final_number, judge, math, reasoning_format, tool_call  # noqa: F401
 
 
 _load_builtins()
