@@ -106,7 +106,8 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
         tracker = Tracker(run, stages)
         try:
             for stage in stages:
-                summaries[stage] = _run_stage(stage, run, tracker, backend, backend_for, progress_factory, verbose)
+                summaries[stage] = _run_stage(stage, run, tracker, backend, backend_for, progress_factory, verbose,
+                                              stages)
         except BaseException:
             tracker.finish(failed=True)
             _register(run, failing=True)  # what exists is registered, whether the run finished or not
@@ -132,7 +133,8 @@ def _register(run: Run, failing: bool = False) -> None:
         logging.getLogger(__name__).warning("lineage store not updated: %s", e)
 
 
-def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_factory, verbose: bool):
+def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_factory, verbose: bool,
+               stages: list[str] = STAGES):
     recipe = run.recipe
     bar = (lambda label: progress_factory(label)) if progress_factory else (lambda label: None)
     if stage == "prompts":
@@ -142,6 +144,7 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
         tracker.log(out, "prompts")
         return out
     if stage == "sample":
+        from distill.stages.evaluate import TEACHER_EVAL, teacher_eval_work, write_answers
         from distill.stages.sample import sample_teacher
         from distill.stages.verify import model_verifiers
 
@@ -149,7 +152,15 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
             start_ray(run, verbose)
             backend = make_backend(run, verbose)
         judge = served_by_id(run, verbose, backend_for) if model_verifiers(recipe.verifiers) else None
-        out = sample_teacher(run, backend, bar("sampling"), backend_for=judge)
+        # The teacher's evaluation rides along with sampling: its engine starts once, not twice.
+        evaluation = teacher_eval_work(run) if "evaluate" in stages else None
+        out = sample_teacher(run, backend, bar("sampling"), backend_for=judge,
+                             side_work=[{**w, "work_id": TEACHER_EVAL + w["work_id"]} for w in evaluation[1]]
+                             if evaluation else None)
+        if evaluation:
+            prompts, work = evaluation
+            write_answers(run, "teacher", run.teacher, prompts, work,
+                          [{**r, "work_id": r["work_id"][len(TEACHER_EVAL):]} for r in out.side_results], judge)
         tracker.log({"samples": out.samples_total, "accepted": out.accepted, "errors": out.errors,
                      "accept_rate": out.accepted / out.samples_total if out.samples_total else 0.0,
                      "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier,

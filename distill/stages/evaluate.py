@@ -89,25 +89,33 @@ def plan_eval(recipe, prompts: list[dict]) -> list[dict]:
 
 def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progress=None, judge=None) -> pa.Table:
     """One model's answers to every eval request, verified; written to eval/<role>.parquet."""
-    recipe = run.recipe
-    work = plan_eval(recipe, prompts)
-    requests = {w["work_id"]: w for w in work}
-    references = {p["prompt_id"]: p["reference"] for p in prompts}
+    work = plan_eval(run.recipe, prompts)
     if progress:
         progress.start(total=len(work))
-    rows = []
-    for results in backend.generate(work):
-        for r in results:
-            prompt_id, index = r["work_id"].rsplit(":", 1)
-            rows.append({
-                "role": role, "model_id": model.id, "model_revision": model.revision, "prompt_id": prompt_id,
-                "kind": GREEDY if index == GREEDY else "sampled", "sample_index": -1 if index == GREEDY else int(index),
-                "seed": requests[r["work_id"]]["sampling_params"]["seed"], "completion": r["text"],
-                "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
-                "error": r["error"] or None,
-            })
+    results = []
+    for batch in backend.generate(work):
+        results.extend(batch)
         if progress:
-            progress.advance(len(results))
+            progress.advance(len(batch))
+    return write_answers(run, role, model, prompts, work, results, judge)
+
+
+def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: list[dict], results: list[dict],
+                  judge=None) -> pa.Table:
+    """Verifies a model's results to the eval requests `work` and writes eval/<role>.parquet."""
+    recipe = run.recipe
+    requests = {w["work_id"]: w for w in work}
+    references = {p["prompt_id"]: p["reference"] for p in prompts}
+    rows = []
+    for r in results:
+        prompt_id, index = r["work_id"].rsplit(":", 1)
+        rows.append({
+            "role": role, "model_id": model.id, "model_revision": model.revision, "prompt_id": prompt_id,
+            "kind": GREEDY if index == GREEDY else "sampled", "sample_index": -1 if index == GREEDY else int(index),
+            "seed": requests[r["work_id"]]["sampling_params"]["seed"], "completion": r["text"],
+            "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
+            "error": r["error"] or None,
+        })
     questions = {p["prompt_id"]: p["question"] for p in prompts}
     verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows],
                             questions=[questions[r["prompt_id"]] for r in rows],
@@ -119,6 +127,23 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
     table = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
     storage.write_parquet(run.dir / "eval" / f"{role}.parquet", table)
     return table
+
+
+TEACHER_EVAL = "eval|"  # work id prefix of the teacher's eval requests when they ride along with sampling
+
+
+def teacher_eval_work(run) -> tuple[list[dict], list[dict]] | None:
+    """(prompts, work) of the teacher's evaluation, to send with the sample stage's requests so the
+    teacher's engine is started once for both; None when it is already done or cannot be done."""
+    from distill.stages.prompts import read_prompts
+
+    if run.recipe.student is None or not read_prompts(run.dir, "eval"):
+        return None
+    prompts = eval_prompts(run)
+    done = run.dir / "eval" / "teacher.parquet"
+    if done.is_file() and _matches(pq.read_table(done), run.teacher, len(prompts) * (run.recipe.eval.k + 1)):
+        return None
+    return prompts, plan_eval(run.recipe, prompts)
 
 
 def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -> dict:

@@ -100,6 +100,9 @@ class SampleSummary:
     per_verifier: dict = field(default_factory=dict)  # name -> {passed, failed, none}
     rounds: list = field(default_factory=list)  # per sampling round: samples, accepted, accept rate
     never_passed: list = field(default_factory=list)  # prompt ids with no accepted sample
+    # Results of `side_work` (requests that ride along with the first round, e.g. the teacher's
+    # evaluation), returned to the caller rather than written as samples.
+    side_results: list = field(default_factory=list, repr=False)
 
     @property
     def tokens_per_second(self) -> float:
@@ -125,7 +128,7 @@ def plan_work(recipe, prompts: list[dict], done: set[str], round_: int = 0) -> l
     return work
 
 
-def sample_teacher(run, backend, progress=None, backend_for=None) -> SampleSummary:
+def sample_teacher(run, backend, progress=None, backend_for=None, side_work: list[dict] | None = None) -> SampleSummary:
     """Sample every pending unit of the run's train prompts; write verified parts.
 
     With `sampling.accepted_per_prompt`, prompts short of that many accepted samples after a
@@ -154,11 +157,13 @@ def sample_teacher(run, backend, progress=None, backend_for=None) -> SampleSumma
             if not targets:
                 break
         work = plan_work(recipe, targets, done, round_)
+        side = side_work if round_ == 0 and side_work else []
         if round_ > 0 and progress and work:
             progress.start(total=len(targets) * s.n, completed=len(targets) * s.n - len(work))  # a bar per round
-        if work:
+        if work or side:
             info = info or backend.describe()
-            _generate(run, backend, info, prompts, work, summary, progress, with_models=backend_for is None)
+            _generate(run, backend, info, prompts, work + side, summary, progress, with_models=backend_for is None,
+                      side_ids={w["work_id"] for w in side})
         if backend_for is not None:
             add_pending_model_verdicts(run, backend_for)
         if not s.accepted_per_prompt:
@@ -171,10 +176,15 @@ def sample_teacher(run, backend, progress=None, backend_for=None) -> SampleSumma
     return summary
 
 
-def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool) -> None:
+def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool, side_ids=frozenset()) -> None:
     recipe = run.recipe
     requests = {w["work_id"]: w for w in work}
     for results in backend.generate(work):
+        if side_ids:
+            summary.side_results.extend(r for r in results if r["work_id"] in side_ids)
+            results = [r for r in results if r["work_id"] not in side_ids]
+            if not results:
+                continue
         rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
         verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows],
                                 questions=[r["prompt_text"] for r in rows],

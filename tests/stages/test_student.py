@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -18,12 +19,13 @@ SECRET = "planted-wandb-key-0123456789abcdef0123"
 
 
 class ArithmeticBackend:
-    """Answers 'What is a + b?' right, or wrong when `wrong` says so; counts what it served."""
+    """Answers 'What is a + b?' right, or wrong when `wrong` says so or the question is in
+    `wrong_for`; counts what it served."""
 
     name = "fake-arithmetic"
 
-    def __init__(self, wrong: bool = False):
-        self.wrong, self.requests = wrong, []
+    def __init__(self, wrong: bool = False, wrong_for: frozenset = frozenset()):
+        self.wrong, self.wrong_for, self.requests = wrong, wrong_for, []
 
     def describe(self):
         return {"backend": self.name, "version": "1", "engine_args": {}}
@@ -35,7 +37,7 @@ class ArithmeticBackend:
             for r in requests[start:start + 8]:
                 q = r["messages"][-1]["content"]
                 nums = [int(x) for x in q.replace("?", " ").split() if x.isdigit()]
-                total = sum(nums) + (1 if self.wrong else 0)
+                total = sum(nums) + (1 if self.wrong or q in self.wrong_for else 0)
                 out.append({"work_id": r["work_id"], "text": f"Adding the numbers gives {total}. The answer is {total}.",
                             "prompt_tokens": 20, "completion_tokens": 12, "finish_reason": "stop", "error": ""})
             yield out
@@ -68,19 +70,23 @@ def finished(tiny_model, tmp_path_factory):
     os.chdir(tmp)
     os.environ["WANDB_API_KEY"] = SECRET  # must never reach a file the run writes
     try:
-        teacher_eval = ArithmeticBackend(wrong=True)
+        from distill.prompts import ArithmeticParams, generate_arithmetic
+
+        # The teacher knows the train questions and gets every held-out one wrong.
+        held_out = frozenset(p["question"] for p in generate_arithmetic(ArithmeticParams(count=6, seed=2)))
+        teacher = ArithmeticBackend(wrong_for=held_out)
         served = []
 
         def backend_for(model):
             served.append(model)
-            return teacher_eval if model.id == "tiny-random" else ArithmeticBackend()
+            return ArithmeticBackend()
 
-        run, summaries = run_pipeline(load_recipe(student_recipe(tmp, tiny_model)), backend=ArithmeticBackend(),
+        run, summaries = run_pipeline(load_recipe(student_recipe(tmp, tiny_model)), backend=teacher,
                                       backend_for=backend_for)
     finally:
         os.environ.pop("WANDB_API_KEY", None)
         os.chdir(old)
-    return {"run": run, "summaries": summaries, "served": served}
+    return {"run": run, "summaries": summaries, "served": served, "teacher": teacher}
 
 
 def files_of(run_dir: Path) -> set[str]:
@@ -134,8 +140,13 @@ def test_eval_compares_teacher_and_student_on_the_held_out_prompts(finished):
     # 12 answers x 12 tokens, priced at the parameter count (billions) per 1M tokens, over 12 right ones
     assert ev["student"]["cost_per_correct"] == pytest.approx(12 * 12 * ev["student"]["params_b"] / 1e6 / 12)
     served = finished["served"]
-    assert [m.id for m in served] == ["tiny-random", "tiny-student"]
-    assert served[1].model == str(finished["run"].dir / "student")
+    # The teacher's evaluation rode along with its sampling (one engine start): only the student
+    # was served for evaluation.
+    assert [m.id for m in served] == ["tiny-student"]
+    assert served[0].model == str(finished["run"].dir / "student")
+    assert len(finished["teacher"].requests) == 24 * 2 + 6 * 3
+    teacher_rows = pq.read_table(finished["run"].dir / "eval" / "teacher.parquet").to_pylist()
+    assert {r["model_id"] for r in teacher_rows} == {"tiny-random"} and len(teacher_rows) == 18
     train_ids = {p for p in (finished["run"].dir / "prompts").glob("train.parquet")}
     assert train_ids
 
