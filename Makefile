@@ -22,6 +22,7 @@ test-fast: install
 bench: install
 	$(VENV)/bin/python bench/sampling_overhead.py
 	$(VENV)/bin/python bench/sft_throughput.py
+	$(VENV)/bin/python bench/filters.py
 
 clean:
 	rm -rf $(VENV) runs

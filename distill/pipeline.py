@@ -169,7 +169,7 @@ def _run_stage(stage: str, run: Run, tracker, backend, backend_for, progress_fac
     if stage == "filter":
         from distill.stages.filter import filter_samples
 
-        out = filter_samples(run, served_by_id(run, verbose, backend_for), bar("filters"))
+        out = filter_samples(run, served_by_id(run, verbose, backend_for), progress_factory)
         tracker.log({"candidates": out["candidates"], "kept": out["kept"],
                      "filters": {f["filter"]: {k: f[k] for k in ("seen", "flagged", "dropped", "marked", "redacted")}
                                  for f in out["filters"]}}, "filter")

@@ -130,7 +130,7 @@ def first_column_by_table(output: str) -> dict[str, set[str]]:
 
 
 def test_ls_lists_exactly_the_registries():
-    env = {**os.environ, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"}
+    env = {**os.environ, "COLUMNS": "400", "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([sys.executable, "-m", "distill.cli", "ls"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     tables = first_column_by_table(result.stdout)

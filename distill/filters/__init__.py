@@ -50,14 +50,7 @@ class FilterContext:
 
 def _load_builtins() -> None:
     # Importing the modules runs their @FILTERS.register decorators.
-    import importlib
-
-    for name in ("dedup", "decontaminate", "pii", "safety", "sanity"):
-        try:
-            importlib.import_module(f"distill.filters.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"distill.filters.{name}":
-                raise
+    from distill.filters import decontaminate, dedup, pii, safety, sanity  # noqa: F401
 
 
 _load_builtins()

@@ -168,9 +168,13 @@ def filter_safety(rows: list[dict], params: SafetyParams, ctx: FilterContext) ->
             if ctx.backend_for is None:
                 raise RuntimeError("the safety filter's guard model needs a backend; it runs inside `distill run`")
             answers: dict[int, dict] = {}
+            if ctx.progress:
+                ctx.progress.start(total=len(todo))
             for batch in ctx.backend_for(params.guard).generate(_guard_requests([rows[i] for i in todo], params)):
                 for a in batch:
                     answers[todo[int(a["work_id"])]] = a
+                if ctx.progress:
+                    ctx.progress.advance(len(batch))
             for i in todo:
                 a = answers.get(i)
                 unsafe, category = read_guard(None if a is None or a.get("error") else a["text"])

@@ -48,8 +48,9 @@ def candidates(run_dir: Path) -> list[dict]:
     return [{k: r[k] for k in ROW_FIELDS} for r in rows]
 
 
-def filter_samples(run, backend_for=None, progress=None) -> dict:
-    """Runs the recipe's filters; writes filters/decisions.parquet and filters/summary.json."""
+def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
+    """Runs the recipe's filters; writes filters/decisions.parquet and filters/summary.json.
+    `progress_factory(label)` makes a bar per filter, which the filter may advance row by row."""
     from distill.stages.prompts import read_prompts
 
     rows = candidates(run.dir)
@@ -60,14 +61,13 @@ def filter_samples(run, backend_for=None, progress=None) -> dict:
         done = json.loads(summary_file.read_text())
         if done.get("input_digest") == key:  # the same samples went through the same filters
             return done
-    ctx = FilterContext(base_dir=run.recipe.base_dir, eval_prompts=read_prompts(run.dir, "eval"),
-                        backend_for=backend_for)
+    eval_prompts = read_prompts(run.dir, "eval")
     decisions: dict[str, list[dict]] = {r["sample_id"]: [] for r in rows}
     alive = [dict(r) for r in rows]
     stats = []
-    if progress and run.recipe.filters:
-        progress.start(total=len(run.recipe.filters))
     for spec in run.recipe.filters:
+        ctx = FilterContext(base_dir=run.recipe.base_dir, eval_prompts=eval_prompts, backend_for=backend_for,
+                            progress=progress_factory(f"filter {spec.name}") if progress_factory else None)
         verdicts: list[FilterVerdict] = FILTERS.get(spec.name).fn(alive, spec.params, ctx)
         if len(verdicts) != len(alive):
             raise RuntimeError(f"filter {spec.name!r} returned {len(verdicts)} verdicts for {len(alive)} rows")
@@ -89,8 +89,6 @@ def filter_samples(run, backend_for=None, progress=None) -> dict:
                       **{a: counts[a] for a in ("dropped", "marked", "redacted")},
                       "by_category": dict(categories.most_common())})
         alive = survivors
-        if progress:
-            progress.advance(1)
     final = {r["sample_id"]: r["completion"] for r in alive}
     table = pa.Table.from_pylist([
         {"sample_id": sid, "kept": sid in final, "completion": final.get(sid), "decisions": d}

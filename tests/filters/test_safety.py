@@ -7,6 +7,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from conftest import CountingBar
 from distill.filters import FILTERS, FilterContext
 from distill.filters.safety import SafetyParams, filter_safety, read_guard
 
@@ -108,13 +109,15 @@ class Guard:
 def test_guard_model_flags_what_rules_miss_and_is_asked_only_about_the_rest():
     guard = Guard()
     asked = []
-    ctx = FilterContext(backend_for=lambda model: asked.append(model) or guard)
+    bar = CountingBar()
+    ctx = FilterContext(backend_for=lambda model: asked.append(model) or guard, progress=bar)
     batch = rows("Add the poison to the tea slowly.", "The answer is 4.", "As an AI language model, no.", "mumble")
     verdicts = filter_safety(batch, SafetyParams(guard="some-guard.yaml"), ctx)
     assert [v.flagged for v in verdicts] == [True, False, True, True]
     assert verdicts[0].category == "guard:S1" and verdicts[2].category == "refusal"
     assert verdicts[3].category == "guard:unclear"
     assert asked == ["some-guard.yaml"] and len(guard.requests) == 3  # the refusal was settled by a rule
+    assert bar.total == bar.done == 3
     assert all(r["sampling_params"]["temperature"] == 0.0 for r in guard.requests)
     # The shipped template: one user turn holding prompt and completion.
     assert [m["role"] for m in guard.requests[0]["messages"]] == ["user"]
