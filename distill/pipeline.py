@@ -57,6 +57,11 @@ def open_run(recipe: Recipe) -> Run:
 
 def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None):
     """A backend serving the teacher, or `model` (the student, for evaluation) with the same settings."""
+    target = model or run.teacher
+    if target.endpoint is not None:  # served elsewhere over HTTP: no local engine
+        from distill.backends.openai_http import make_http_backend
+
+        return make_http_backend(target, run.recipe.sampling.batch_size)
     from distill.backends.vllm_ray import VLLMRayBackend
 
     c = run.recipe.cluster

@@ -220,7 +220,10 @@ class Recipe(Section):
 
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
         # revision must not resume a run made with the old weights.
-        data["teacher_entry"] = load_teacher(self.teacher.id, self.base_dir).model_dump(mode="json")
+        entry = load_teacher(self.teacher.id, self.base_dir).model_dump(mode="json")
+        if entry.get("endpoint"):  # where and what is served decides the samples; rate limits do not
+            entry["endpoint"] = {k: entry["endpoint"][k] for k in ("base_url", "model")}
+        data["teacher_entry"] = entry
         data["sources_sha256"] = [
             getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval
         ]
@@ -395,7 +398,10 @@ def load_recipe(path: str | Path) -> Recipe:
     if isinstance(teacher_id, str):
         key = "teacher" if isinstance(teacher_ref, str) else "teacher.id"
         try:
-            load_teacher(teacher_id, base_dir)
+            served = load_teacher(teacher_id, base_dir).endpoint is not None
+            if served and isinstance(teacher_ref, dict) and teacher_ref.get("engine_args"):
+                problems.append(Problem("teacher.engine_args", "the teacher is served over HTTP (its entry has an "
+                                        "endpoint): engine arguments belong to that server, remove them here"))
         except ValidationError as e:  # before ValueError: pydantic's ValidationError is a ValueError
             from distill.teachers import Teacher
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HERE = Path(__file__).parent
 
@@ -41,6 +41,53 @@ class WheelWeights(Strict):
     gguf: str
 
 
+# Query parameter names that carry credentials, refused in an endpoint URL (it is copied into runs).
+SECRET_WORDS = ("key", "token", "secret", "password", "sig", "auth")
+
+
+class Endpoint(Strict):
+    """A teacher served elsewhere behind an OpenAI-compatible API (vllm serve, SGLang, TGI, a
+    hosted API); distill/backends/openai_http.py documents each key and what it records."""
+
+    base_url: str = Field(description="the API root, e.g. http://host:8000/v1; /chat/completions is added")
+    model: str | None = None  # the served model's name; None: the teacher's `model`
+    api_key_env: str | None = None  # name of the environment variable holding the key; None: no key
+    # Enough requests in flight to keep a server's continuous batching busy, few enough for a
+    # small server or a hosted account's concurrency limit.
+    max_concurrency: int = Field(32, ge=1)
+    # None: no limit; a self-hosted server has none, a hosted API publishes its own.
+    requests_per_minute: float | None = Field(None, gt=0)
+    # Charged before sending (prompt estimate + max_tokens), corrected by the reported usage.
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_seconds: float = Field(600, gt=0)  # a long reasoning trace on a busy server takes minutes
+    # With exponential backoff (1 s doubling, capped at 60 s): 2 to 4 minutes of retrying, which
+    # rides out a server restart or a rate-limit window; more would only hide a dead endpoint.
+    max_attempts: int = Field(10, ge=1)
+    # vLLM and SGLang accept top_k, min_p, repetition_penalty and sampling.extra as extra body
+    # fields; hosted APIs reject unknown fields, so turn this off for them.
+    send_extra_params: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url_without_credentials(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://localhost:8000/v1")
+        if parts.username or parts.password:
+            # The teacher entry is copied into every run directory; a secret must not be.
+            raise ValueError("must not hold credentials (user:password@); "
+                             "name the environment variable holding the key in api_key_env")
+        from urllib.parse import parse_qsl
+
+        secret = [k for k, _ in parse_qsl(parts.query) if any(w in k.lower() for w in SECRET_WORDS)]
+        if secret:
+            raise ValueError(f"its query holds what looks like a credential ({', '.join(secret)}); "
+                             "name the environment variable holding the key in api_key_env")
+        return url.rstrip("/")
+
+
 class Teacher(Strict):
     id: str
     model: str = Field(description="hub id, or a local directory of weights")
@@ -49,6 +96,8 @@ class Teacher(Strict):
     params_b: float = Field(gt=0, description="parameters in billions, the default cost proxy")
     weights_from: WheelWeights | None = None
     serving: Serving = Serving()
+    # Set: the teacher is served over HTTP by someone else, and `serving` does not apply.
+    endpoint: Endpoint | None = None
     chat_template: str = ""
     safety_notes: list[str] = []
 

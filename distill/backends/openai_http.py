@@ -1,0 +1,414 @@
+"""The served-teacher backend: a teacher behind an OpenAI-compatible chat API.
+
+For teachers someone else serves: a `vllm serve`, SGLang, TGI, or a hosted API. A teacher
+entry with an `endpoint:` section is sampled through this backend instead of a local engine:
+
+    id: qwen2.5-72b-instruct-served
+    model: Qwen/Qwen2.5-72B-Instruct
+    revision: a09a35458c702b33eeacc393d103063234e8bc28
+    licence: qwen
+    params_b: 72.7
+    endpoint:
+      base_url: http://gpu-box:8000/v1   # /chat/completions is added
+      model: qwen-72b                    # the served name; default: `model` above
+      api_key_env: QWEN_API_KEY          # the key's environment variable; omit for none
+      max_concurrency: 32
+      requests_per_minute: 600           # omit for no limit
+      tokens_per_minute: 400000          # omit for no limit
+      timeout_seconds: 600
+      max_attempts: 10
+      send_extra_params: true            # false for hosted APIs that reject unknown fields
+
+Each request row becomes one POST to `{base_url}/chat/completions` with `model`,
+`messages`, `n: 1` and the OpenAI sampling fields (temperature, top_p, max_tokens, seed,
+stop, presence_penalty, frequency_penalty). The vLLM-only ones (top_k, min_p,
+repetition_penalty and `sampling.extra`) go as extra body fields when `send_extra_params`
+is on, which vLLM and SGLang accept; when it is off they are dropped with a warning.
+Text, finish reason and token counts come from the response. A reasoning model served
+with a reasoning parser returns its trace apart from the answer; it is joined back as
+`<think>\\n{trace}\\n</think>\\n\\n{answer}`, the text the local engine would have produced.
+
+Retried, with exponential backoff and jitter (or after the server's Retry-After): HTTP 429,
+408 and 5xx, connection errors and timeouts (`timeout_seconds` per attempt). A 429 with
+Retry-After pauses every request, not only the one refused. Any other 4xx is not retried.
+A request that fails for good, or after `max_attempts`, becomes an error row with the reason;
+it never stops the run. At most `max_concurrency` requests are in flight; the request and
+token budgets are spread evenly over each minute (tokens are charged as a prompt estimate
+plus max_tokens before sending, and corrected by the usage the server reports).
+
+The key is read from the environment variable named by `api_key_env` and sent as a bearer
+token; it is never written anywhere. `describe()` records the backend "openai-http", the
+HTTP client's version, the endpoint without credentials or query string, the served model
+name and the limits; the teacher's id, revision and licence come from its entry as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import os
+import queue
+import random
+import threading
+import time
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from distill.teachers import Endpoint, Teacher
+
+NAME = "openai-http"
+# Fields of the OpenAI chat API; the rest of a request's sampling params are vLLM extras.
+OPENAI_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty")
+# Extras at these values change nothing, so dropping them is not worth a warning.
+NEUTRAL_EXTRAS = {"top_k": (0, -1), "min_p": (0, 0.0), "repetition_penalty": (1, 1.0)}
+RETRIED_STATUS = {408, 429}  # and every 5xx
+BACKOFF_BASE_SECONDS = 1.0  # first retry after 0.5-1 s, doubling
+BACKOFF_MAX_SECONDS = 60.0  # a retry at least once a minute notices a server that came back
+RETRY_AFTER_MAX_SECONDS = 600.0  # a server asking for hours is treated as down, not waited for
+FLUSH_SECONDS = 30.0  # a slow endpoint still hands over (and the caller writes) what finished
+ERROR_BODY_CHARS = 500
+
+log = logging.getLogger(__name__)
+
+
+def public_url(url: str) -> str:
+    """The URL without user:password@, query string or fragment: safe to record."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def chat_url(base_url: str) -> str:
+    """{base_url}/chat/completions, keeping a query string some gateways need (api-version=...)."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """No tokenizer for a served model here: ~4 characters a token, plus the chat markup."""
+    chars = sum(len(str(m.get("content") or "")) for m in messages)
+    return math.ceil(chars / 4) + 4 * len(messages)
+
+
+class Budget:
+    """Units per minute, spread evenly: at most `burst` units at once, refilled continuously.
+
+    A request bigger than the burst waits for a full budget and then goes, leaving a debt
+    the next requests wait for, so the long-run rate is exact whatever the request sizes.
+    """
+
+    def __init__(self, per_minute: float, burst: float):
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.available = burst
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()  # first come, first served
+        self.returned = asyncio.Event()  # wakes the waiter early when usage gives budget back
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.available = min(self.burst, self.available + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def take(self, units: float) -> None:
+        async with self.lock:
+            while True:
+                self._refill()
+                need = min(units, self.burst)
+                if self.available >= need:
+                    self.available -= units
+                    return
+                self.returned.clear()
+                try:
+                    await asyncio.wait_for(self.returned.wait(), (need - self.available) / self.rate)
+                except asyncio.TimeoutError:
+                    pass
+
+    def give_back(self, units: float) -> None:
+        """Return (or, negative, charge more of) a budget already taken."""
+        self._refill()
+        self.available = min(self.burst, self.available + units)
+        if units > 0:
+            self.returned.set()
+
+
+class _Session:
+    """State shared by the requests of one generate() call, inside its event loop."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.requests = Budget(endpoint.requests_per_minute, 1) if endpoint.requests_per_minute else None
+        tpm = endpoint.tokens_per_minute
+        self.tokens = Budget(tpm, max(1.0, tpm / 60)) if tpm else None  # a second's worth at once
+        self.not_before = 0.0  # monotonic time before which nobody sends (a 429's Retry-After)
+        self.warned = False
+
+    async def wait_turn(self, tokens: int) -> None:
+        while (pause := self.not_before - time.monotonic()) > 0:
+            await asyncio.sleep(pause)
+        if self.requests:
+            await self.requests.take(1)
+        if self.tokens:
+            await self.tokens.take(tokens)
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, retry: bool, retry_after: float | None = None, status: int | None = None):
+        super().__init__(reason)
+        self.reason, self.retry, self.retry_after, self.status = reason, retry, retry_after, status
+
+
+class OpenAIHTTPBackend:
+    """Generates one completion per request row over HTTP; yields batches of result rows as
+    they finish, in any order."""
+
+    name = NAME
+
+    def __init__(self, teacher: Teacher, batch_size: int = 16, *, backoff_base: float = BACKOFF_BASE_SECONDS,
+                 backoff_max: float = BACKOFF_MAX_SECONDS, flush_seconds: float = FLUSH_SECONDS):
+        if teacher.endpoint is None:
+            raise ValueError(f"teacher {teacher.id!r} has no endpoint: section; it is served by vLLM, not over HTTP")
+        self.teacher = teacher
+        self.endpoint = teacher.endpoint
+        self.model = self.endpoint.model or teacher.model
+        self.url = chat_url(self.endpoint.base_url)
+        self.batch_size = batch_size
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.flush_seconds = flush_seconds
+        self._headers = {"Content-Type": "application/json"}
+        if env := self.endpoint.api_key_env:
+            key = os.environ.get(env, "")
+            if not key:  # before any request: hundreds of 401 error rows would say less
+                raise ValueError(f"teacher {teacher.id!r}: endpoint.api_key_env names {env}, which is not set; "
+                                 f"export {env}=<your key> and run again")
+            self._headers["Authorization"] = f"Bearer {key}"
+        self.stats: dict[str, int] = {}  # of the last generate(): requests, attempts, retries, errors
+
+    def describe(self) -> dict[str, Any]:
+        e = self.endpoint
+        return {
+            "backend": NAME,
+            "version": f"httpx {httpx.__version__}",
+            "engine_args": {
+                "endpoint": public_url(e.base_url), "model": self.model, "max_concurrency": e.max_concurrency,
+                "requests_per_minute": e.requests_per_minute, "tokens_per_minute": e.tokens_per_minute,
+                "timeout_seconds": e.timeout_seconds, "max_attempts": e.max_attempts,
+                "send_extra_params": e.send_extra_params,
+            },
+        }
+
+    def body(self, request: dict) -> dict:
+        """The JSON body for one request row."""
+        params = request["sampling_params"]
+        body: dict[str, Any] = {"model": self.model, "messages": request["messages"], "n": 1}
+        body.update({k: params[k] for k in OPENAI_FIELDS if params.get(k) is not None})
+        if self.endpoint.send_extra_params:
+            body.update({k: v for k, v in params.items() if k not in OPENAI_FIELDS and v is not None})
+        return body
+
+    def generate(self, requests: list[dict]) -> Iterator[list[dict]]:
+        """requests: rows with work_id, messages, sampling_params. Yields result rows:
+        work_id, text, prompt_tokens, completion_tokens, finish_reason, error."""
+        self.stats = {"requests": len(requests), "attempts": 0, "retries": 0, "errors": 0}
+        if not requests:
+            return
+        self._warn_dropped(requests)
+        results: queue.Queue = queue.Queue()
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(self._run(requests, results))
+        # The caller is synchronous and writes each batch: the requests go on meanwhile.
+        thread = threading.Thread(target=_drive, args=(loop, task), name="openai-http", daemon=True)
+        thread.start()
+        try:
+            batch: list[dict] = []
+            first_at = 0.0
+            while True:
+                wait = None if not batch else max(0.0, first_at + self.flush_seconds - time.monotonic())
+                try:
+                    item = results.get(timeout=wait)
+                except queue.Empty:
+                    yield batch
+                    batch = []
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if not batch:
+                    first_at = time.monotonic()
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        finally:  # also when the caller stops early: cancel what is in flight
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop already finished and closed
+                pass
+            thread.join()
+
+    async def _run(self, requests: list[dict], results: queue.Queue) -> None:
+        try:
+            e = self.endpoint
+            session = _Session(e)
+            pending = iter(requests)
+            limits = httpx.Limits(max_connections=e.max_concurrency, max_keepalive_connections=e.max_concurrency)
+            async with httpx.AsyncClient(headers=self._headers, timeout=e.timeout_seconds, limits=limits) as client:
+
+                async def worker() -> None:
+                    for request in pending:  # one shared iterator: each request is taken once
+                        results.put(await self._complete(client, session, request))
+
+                await asyncio.gather(*(worker() for _ in range(min(e.max_concurrency, len(requests)))))
+            results.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the client itself failed: the caller gets the exception
+            results.put(exc)
+
+    async def _complete(self, client: httpx.AsyncClient, session: _Session, request: dict) -> dict:
+        """One request row to one result row, retrying what may succeed later."""
+        work_id = request["work_id"]
+        try:
+            body = self.body(request)
+            charge = estimate_prompt_tokens(request["messages"]) + int(body.get("max_tokens") or 0)
+            for attempt in range(1, self.endpoint.max_attempts + 1):
+                await session.wait_turn(charge)
+                self.stats["attempts"] += 1
+                try:
+                    row = await self._attempt(client, body)
+                except _Failure as f:
+                    if session.tokens:  # a refused or lost request used none of the budget
+                        session.tokens.give_back(charge)
+                    if not f.retry:
+                        return self._error(work_id, f"{f.reason} (not retried)")
+                    if attempt == self.endpoint.max_attempts:
+                        return self._error(work_id, f"{f.reason} (gave up after {attempt} attempts)")
+                    delay = self._delay(attempt, f.retry_after)
+                    if f.status == 429 and f.retry_after is not None:  # the limit is the account's, not the request's
+                        session.not_before = max(session.not_before, time.monotonic() + delay)
+                    if not session.warned:
+                        session.warned = True
+                        log.warning("%s: %s; retrying (up to %d attempts a request)", public_url(self.url), f.reason,
+                                    self.endpoint.max_attempts)
+                    log.debug("%s: attempt %d failed: %s; retrying in %.1f s", work_id, attempt, f.reason, delay)
+                    self.stats["retries"] += 1
+                    await asyncio.sleep(delay)
+                    continue
+                if session.tokens and (used := row["prompt_tokens"] + row["completion_tokens"]):
+                    session.tokens.give_back(charge - used)
+                return {"work_id": work_id, **row}
+            raise AssertionError("unreachable")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a surprise must cost one row, not the run
+            return self._error(work_id, f"{type(exc).__name__}: {exc}")
+
+    async def _attempt(self, client: httpx.AsyncClient, body: dict) -> dict:
+        timeout = self.endpoint.timeout_seconds
+        try:
+            # httpx times each read and write; this bounds the whole exchange.
+            response = await asyncio.wait_for(client.post(self.url, json=body), timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise _Failure(f"timed out after {timeout:g} s", retry=True) from None
+        except httpx.TransportError as e:
+            raise _Failure(f"connection error: {type(e).__name__}: {e}".rstrip(": "), retry=True) from None
+        status = response.status_code
+        if status != 200:
+            retry = status in RETRIED_STATUS or status >= 500
+            raise _Failure(f"HTTP {status}: {_error_text(response)}", retry=retry,
+                           retry_after=_retry_after(response.headers.get("retry-after")) if retry else None,
+                           status=status)
+        try:
+            return _parse(response.json())
+        except (ValueError, LookupError, TypeError, AttributeError) as e:
+            raise _Failure(f"unexpected response ({type(e).__name__}: {e}): {response.text[:ERROR_BODY_CHARS]}",
+                           retry=False) from None
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:  # the server knows best; a little jitter so retries do not bunch
+            return min(retry_after, RETRY_AFTER_MAX_SECONDS) * random.uniform(1.0, 1.1)
+        # Half to all of an exponentially growing step: spread out, yet a known minimum wait.
+        return min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+    def _error(self, work_id: str, reason: str) -> dict:
+        self.stats["errors"] += 1
+        return {"work_id": work_id, "text": None, "prompt_tokens": 0, "completion_tokens": 0,
+                "finish_reason": "error", "error": reason}
+
+    def _warn_dropped(self, requests: list[dict]) -> None:
+        if self.endpoint.send_extra_params:
+            return
+        dropped = sorted({k for r in requests for k, v in r["sampling_params"].items()
+                          if k not in OPENAI_FIELDS and v is not None and v not in NEUTRAL_EXTRAS.get(k, ())})
+        if dropped:
+            log.warning("teacher %r: endpoint.send_extra_params is off, so %s are not sent and the server's "
+                        "defaults apply", self.teacher.id, ", ".join(dropped))
+
+
+def make_http_backend(teacher: Teacher, batch_size: int) -> OpenAIHTTPBackend:
+    """The backend for a teacher whose entry has an `endpoint:` section."""
+    return OpenAIHTTPBackend(teacher, batch_size)
+
+
+def _drive(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _parse(data: dict) -> dict:
+    """A chat completion's first choice as a result row (without work_id)."""
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    # vLLM's and SGLang's reasoning parsers move the trace out of the content.
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        text = f"<think>\n{reasoning}\n</think>\n\n{text}"
+    usage = data.get("usage") or {}
+    return {"text": text, "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "finish_reason": choice.get("finish_reason") or "unknown", "error": ""}
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's own message when it gives one (OpenAI's {"error": {"message": ...}}), else the body."""
+    try:
+        data = response.json()
+        error = data.get("error", data) if isinstance(data, dict) else data
+        message = error.get("message") if isinstance(error, dict) else None
+        text = str(message or data)
+    except ValueError:
+        text = response.text or response.reason_phrase
+    return " ".join(text.split())[:ERROR_BODY_CHARS]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
