@@ -77,6 +77,9 @@ class Sampling(Section):
     # again (n more samples, new seeds), for at most max_rounds rounds in all. None: one round.
     accepted_per_prompt: int | None = Field(None, ge=1)
     max_rounds: int = Field(1, ge=1, le=100)
+    # Passes over a round's work: a pass an engine crash or a lost worker node cut short is
+    # followed by one for what is missing (written samples are kept, none is written twice).
+    attempts: int = Field(3, ge=1, le=20)
     # Further vllm.SamplingParams fields, passed through unchanged (checked against vLLM).
     extra: dict[str, Any] = {}
 
@@ -209,7 +212,8 @@ class Recipe(Section):
         """Hash of what decides the teacher's samples and their verdicts, and nothing else: two
         recipes with the same key (say, differing in learning rate) can share one set of samples."""
         data = self.resolved()
-        data["sampling"].pop("batch_size")  # how results are grouped into files, not what they are
+        for key in ("batch_size", "attempts"):  # how results are grouped and retried, not what they are
+            data["sampling"].pop(key)
         return self._hash({k: data[k] for k in ("teacher", "prompts", "sampling", "verifiers")})
 
     def _hash(self, data: dict) -> str:

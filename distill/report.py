@@ -129,6 +129,17 @@ def filters_html(summary: dict | None) -> str | None:
             + _table(["filter", "mode", "seen", "flagged", "dropped", "marked", "redacted", "flagged by kind"], rows))
 
 
+def retries_html(attempts: list[dict]) -> str | None:
+    """The sampling passes, when anything had to be redone: what failed and what was retried."""
+    if not any(a["attempt"] or a["error"] or a["duplicates"] for a in attempts):
+        return None
+    rows = [[a["at"], a["round"], a["attempt"], a["requested"], a["answered"], a["duplicates"], a["error"] or "-"]
+            for a in attempts]
+    return ("<p>A pass that ended with requests unanswered was followed by one for what was missing; results "
+            "that came twice (a batch redone by a replaced worker) were written once.</p>"
+            + _table(["when", "round", "pass", "requested", "answered", "duplicates dropped", "error"], rows))
+
+
 def never_passed_html(run_dir: Path, table, n: int) -> str | None:
     from distill.stages.sample import never_passed, round_stats
 
@@ -162,7 +173,7 @@ def build_report(run_dir: Path) -> Path:
 
         n = yaml.safe_load(resolved_file.read_text())["recipe"]["sampling"]["n"]
     from distill.stages.filter import read_filter_summary
-    from distill.stages.sample import round_stats
+    from distill.stages.sample import read_attempts, round_stats
     kept = [s["completion_tokens"] for s in samples if s["accepted"]]
     rejected = [s["completion_tokens"] for s in samples if not s["accepted"] and not s["error"]]
     per_verifier = (manifest or {}).get("verifiers", {})
@@ -171,6 +182,7 @@ def build_report(run_dir: Path) -> Path:
         ("Verifiers", plot_accept_rates(per_verifier), "no samples verified yet"),
         ("Sampling rounds", plot_rounds(round_stats(table, n)), None),
         ("Prompts that never passed", never_passed_html(run_dir, table, n), None),
+        ("Retried", retries_html(read_attempts(run_dir)), None),
         ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
         ("Filters", filters_html(read_filter_summary(run_dir)), "no filter ran"),
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),

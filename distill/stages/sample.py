@@ -8,6 +8,7 @@ schedules only the rest: a crash costs at most the batches in flight.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class SampleSummary:
     # Results of `side_work` (requests that ride along with the first round, e.g. the teacher's
     # evaluation), returned to the caller rather than written as samples.
     side_results: list = field(default_factory=list, repr=False)
+    attempts: list = field(default_factory=list)  # this run's passes (samples/attempts.json keeps all runs')
 
     @property
     def tokens_per_second(self) -> float:
@@ -162,8 +164,7 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
             progress.start(total=len(targets) * s.n, completed=len(targets) * s.n - len(work))  # a bar per round
         if work or side:
             info = info or backend.describe()
-            _generate(run, backend, info, prompts, work + side, summary, progress, with_models=backend_for is None,
-                      side_ids={w["work_id"] for w in side})
+            _passes(run, backend, info, prompts, work, side, summary, progress, round_, with_models=backend_for is None)
         if backend_for is not None:
             add_pending_model_verdicts(run, backend_for)
         if not s.accepted_per_prompt:
@@ -176,15 +177,66 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
     return summary
 
 
-def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool, side_ids=frozenset()) -> None:
+def _passes(run, backend, info, prompts, work, side, summary, progress, round_: int, with_models: bool) -> None:
+    """Generates `work` (+ `side`) in passes: a pass that ends with requests unanswered (an engine
+    crashed, a worker node left, the backend raised) is followed by one for what is missing, up to
+    `sampling.attempts` passes; each is recorded in samples/attempts.json. Results that come twice
+    (a batch redone after a worker was replaced) are written once."""
+    answered: set[str] = set()
+    side_ids = {w["work_id"] for w in side}
+    attempts = run.recipe.sampling.attempts
+    for attempt in range(attempts):
+        pending = [w for w in work + side if w["work_id"] not in answered]
+        if not pending:
+            break
+        record = {"round": round_, "attempt": attempt, "requested": len(pending), "answered": 0, "duplicates": 0,
+                  "error": None, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        before = len(answered)
+        try:
+            _generate(run, backend, info, prompts, pending, summary, progress, with_models, side_ids, answered, record)
+        except Exception as e:  # an engine or worker failure: what was written stays; the rest is retried
+            record["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            logging.getLogger(__name__).warning("sampling pass %d of round %d failed (%s); %s", attempt + 1,
+                                                round_, record["error"],
+                                                "retrying what is missing" if attempt + 1 < attempts else "giving up")
+        record["answered"] = len(answered) - before
+        _log_attempt(run, record)
+        summary.attempts.append(record)
+        if record["error"] and attempt + 1 == attempts:
+            raise RuntimeError(f"sampling gave up after {attempts} passes: {record['error']}; "
+                               "run the same command again to resume")
+    missing = len(work) + len(side) - len(answered)
+    if missing:
+        raise RuntimeError(f"{missing} requests got no result after {attempts} passes (samples/attempts.json); "
+                           "run the same command again to resume")
+
+
+def _log_attempt(run, record: dict) -> None:
+    """Appends one pass to samples/attempts.json: what was asked, answered, redone or failed."""
+    path = run.dir / "samples" / "attempts.json"
+    log = json.loads(path.read_text()) if path.is_file() else []
+    storage.write_json(path, log + [record])
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    path = run_dir / "samples" / "attempts.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool, side_ids: set,
+              answered: set, record: dict) -> None:
     recipe = run.recipe
     requests = {w["work_id"]: w for w in work}
     for results in backend.generate(work):
+        fresh = [r for r in results if r["work_id"] not in answered and r["work_id"] in requests]
+        record["duplicates"] += len(results) - len(fresh)
+        answered.update(r["work_id"] for r in fresh)
+        results = fresh
         if side_ids:
             summary.side_results.extend(r for r in results if r["work_id"] in side_ids)
             results = [r for r in results if r["work_id"] not in side_ids]
-            if not results:
-                continue
+        if not results:
+            continue
         rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
         verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows],
                                 questions=[r["prompt_text"] for r in rows],

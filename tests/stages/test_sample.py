@@ -60,9 +60,14 @@ def test_verdicts_keep_none_and_errors_become_rows(recipe):
     assert s.per_verifier["final-number"] == {"passed": 3, "failed": 3, "none": 3}
 
 
+def one_pass(recipe):
+    recipe.sampling.attempts = 1  # no retry within the run: the crash ends it
+    return recipe
+
+
 def test_a_crash_loses_nothing_and_a_rerun_duplicates_nothing(recipe):
     with pytest.raises(RuntimeError, match="engine died"):
-        run_pipeline(recipe, backend=FakeBackend(batch_size=2, crash_after=3))
+        run_pipeline(one_pass(recipe), backend=FakeBackend(batch_size=2, crash_after=3))
     run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
     assert read_samples(run.dir).num_rows == 6  # the three batches written before the crash
     again = FakeBackend()
@@ -78,11 +83,57 @@ def test_a_crash_loses_nothing_and_a_rerun_duplicates_nothing(recipe):
     assert idle.seen == [] and read_samples(run.dir).num_rows == 12
 
 
+def test_a_crashed_pass_is_followed_by_one_for_what_is_missing(recipe):
+    backend = FakeBackend(batch_size=2, crash_after=3)  # the second pass has 3 batches: it gets through
+    run, summaries = run_pipeline(recipe, until="sample", backend=backend)
+    table = read_samples(run.dir)
+    keys = list(zip(table["prompt_id"].to_pylist(), table["sample_index"].to_pylist()))
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert len(backend.seen) == 12 + 6  # the second pass asked only for what the first left undone
+    attempts = json.loads((run.dir / "samples" / "attempts.json").read_text())
+    assert [(a["attempt"], a["requested"], a["answered"], a["error"]) for a in attempts] == [
+        (0, 12, 6, "RuntimeError: engine died"), (1, 6, 6, None)]
+    assert summaries["sample"].attempts == attempts
+    from distill.report import build_report
+
+    page = build_report(run.dir).read_text()
+    assert "<h2>Retried</h2>" in page and "RuntimeError: engine died" in page
+
+
+class Repeating(FakeBackend):
+    """Yields its first batch twice, as a batch redone after a replaced worker would come again."""
+
+    def generate(self, requests):
+        for i, batch in enumerate(super().generate(requests)):
+            yield batch
+            if i == 0:
+                yield [dict(r) for r in batch]
+
+
+def test_a_batch_that_comes_twice_is_written_once(recipe):
+    run, summaries = run_pipeline(recipe, until="sample", backend=Repeating(batch_size=2))
+    assert read_samples(run.dir).num_rows == 12
+    [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
+    assert (attempt["answered"], attempt["duplicates"]) == (12, 2)
+
+
+def test_giving_up_says_how_to_resume(recipe):
+    class Dead(FakeBackend):
+        def generate(self, requests):
+            raise RuntimeError("no engine")
+            yield
+
+    recipe.sampling.attempts = 2
+    with pytest.raises(RuntimeError, match="gave up after 2 passes: RuntimeError: no engine; run the same command"):
+        run_pipeline(recipe, until="sample", backend=Dead())
+
+
 def test_no_temporary_files_are_left_behind(recipe):
     with pytest.raises(RuntimeError):
-        run_pipeline(recipe, backend=FakeBackend(batch_size=2, crash_after=1))
+        run_pipeline(one_pass(recipe), backend=FakeBackend(batch_size=2, crash_after=1))
     run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
-    leftovers = [p.name for p in (run.dir / "samples").iterdir() if not p.name.startswith("part-")]
+    leftovers = [p.name for p in (run.dir / "samples").iterdir()
+                 if not p.name.startswith("part-") and p.name != "attempts.json"]
     assert leftovers == []
 
 

@@ -98,10 +98,11 @@ def test_the_run_directory_holds_exactly_these_files(finished):
     files = files_of(run_dir)
     checkpoints = {f for f in files if f.startswith("train/checkpoints/")}
     wandb_files = {f for f in files if f.startswith("wandb/")}
-    samples = {f for f in files if f.startswith("samples/")}
+    samples = {f for f in files if f.startswith("samples/part-")}
     student_weights = {f for f in files if f.startswith("student/") and f.endswith(".safetensors")}
     assert files - checkpoints - wandb_files - samples - student_weights == {
         ".lock", "recipe.resolved.yaml", "licence.json", "prompts/train.parquet", "prompts/eval.parquet",
+        "samples/attempts.json",
         "filters/decisions.parquet", "filters/summary.json",
         "dataset/train.parquet", "dataset/manifest.json", "dataset/README.md",
         "train/summary.json",
