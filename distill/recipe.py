@@ -137,8 +137,17 @@ class Train(Section):
     save_steps: int = Field(50, ge=1)  # a checkpoint every this many steps: what a killed training can lose
     lora: Lora = Lora()
     deepspeed_stage: Literal[0, 2, 3] = 0  # 0: no DeepSpeed (CPU and single GPU)
+    # 1 trains in-process; more are Ray Train data-parallel workers (global batch: batch_size x workers).
+    workers: int = Field(1, ge=1)
     # Further trl.SFTConfig arguments, passed through unchanged.
     trl_args: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _lora_not_on_sharded_weights(self):
+        if self.method == "lora" and self.deepspeed_stage == 3:
+            # Merging an adapter into ZeRO-3 shards would write a broken student.
+            raise ValueError("LoRA with deepspeed_stage 3 is not supported: use deepspeed_stage 2, or method: full")
+        return self
 
 
 class Eval(Section):

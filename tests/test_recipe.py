@@ -220,3 +220,13 @@ def test_on_off_yes_no_are_words_not_booleans(tmp_path):
 
     data = yaml.load("on: completion\nflag: yes\nlive: true\noff_key: off\n", Loader=RecipeLoader)
     assert data == {"on": "completion", "flag": "yes", "live": True, "off_key": "off"}
+
+
+def test_lora_on_zero3_shards_is_refused():
+    from pydantic import ValidationError
+
+    from distill.recipe import Train
+
+    with pytest.raises(ValidationError, match="LoRA with deepspeed_stage 3 is not supported"):
+        Train(method="lora", deepspeed_stage=3)
+    assert Train(method="lora", deepspeed_stage=2).deepspeed_stage == 2

@@ -2,8 +2,17 @@
 
 The dataset is in TRL's prompt-completion chat format, so the loss covers the completion
 only and the student's own chat template renders the turns. Checkpoints go to
-`train/checkpoints/`; a rerun of a killed training resumes from the last one. The finished
-weights are written to `student/` in one rename, so a `student/` that exists is complete.
+`train/checkpoints/`; a rerun of a killed training resumes from the last complete one. The
+finished weights are written to `student/` in one rename, so a `student/` that exists is complete.
+
+`train.workers: 1` (the default) trains in this process. With more, the stage runs under Ray
+Train (distill/train_ray.py): a TorchTrainer starts that many workers (one GPU each, NCCL; or
+CPU slots, gloo) and every worker runs the same `fit` below. HF's Trainer finds the process
+group Ray Train set up, so it wraps the model in DDP (or DeepSpeed ZeRO-2/3 from
+`train.deepspeed_stage`) and its sampler deals each rank its own share of the rows; every rank
+reads the dataset from the run directory, and checkpoints go to the same `train/checkpoints/`,
+which must be storage every worker sees (NFS, or one machine). Rank 0 writes `student/`; the
+driver writes `train/summary.json`, with the world size, the backend and what each rank trained on.
 """
 
 from __future__ import annotations
@@ -162,9 +171,9 @@ def lora_config(train):
 
 
 class _Progress:
-    """Feeds the trainer's steps and logs to a progress bar and a loss log."""
+    """Feeds the trainer's steps to a progress bar and its logs to `on_log`."""
 
-    def __new__(cls, progress, log: list):
+    def __new__(cls, progress, on_log=None):
         from transformers import TrainerCallback
 
         class Callback(TrainerCallback):
@@ -177,9 +186,46 @@ class _Progress:
                     progress.advance(1)
 
             def on_log(self, args, state, control, logs=None, **kw):
-                log.append({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+                if on_log:
+                    on_log({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
 
         return Callback()
+
+
+class _ShardTally:
+    """What one rank's data loader handed to the model: rows, real tokens, and an order-free
+    digest (the sum of the rows' hashes mod 2**64). The ranks' digests add up to the dataset's
+    own when they split it without overlap: the record that every worker trained on its share."""
+
+    def __init__(self):
+        self.rows = self.tokens = self.digest = 0
+
+    def wrap(self, collate):
+        def counted(examples):
+            for e in examples:
+                self.rows += 1
+                self.tokens += len(e["input_ids"])
+                self.digest = (self.digest + row_hash(e["input_ids"])) % 2**64
+            return collate(examples)
+
+        return counted
+
+
+def row_hash(input_ids) -> int:
+    import array
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(array.array("q", input_ids).tobytes()).digest()[:8], "little")
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. The trainer writes trainer_state.json last, so a checkpoint
+    that a kill cut short is passed over (the trainer's own `resume_from_checkpoint=True` would take it)."""
+    steps = {}
+    for p in checkpoints.glob("checkpoint-*"):
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file():
+            steps[int(p.name.split("-")[-1])] = p
+    return steps[max(steps)] if steps else None
 
 
 def train_student(run, progress=None, report_to: list[str] | None = None) -> dict:
@@ -189,8 +235,58 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     if summary_path.is_file() and (student_dir / "config.json").is_file():
         return json.loads(summary_path.read_text())
 
+    from distill.stages.dataset import read_dataset
+
+    recipe = run.recipe
+    rows = read_dataset(run.dir).num_rows
+    if rows == 0:
+        raise RuntimeError(
+            f"{run.dir / 'dataset'}: no kept samples to train on; manifest.json says what was dropped and why. "
+            "Sample more prompts, raise sampling.n, or relax a verifier's threshold."
+        )
+    base = resolve_base(recipe)
+    resume_from = last_checkpoint(run.dir / "train" / "checkpoints")
+    if recipe.train.workers > 1:
+        from distill.train_ray import fit_on_ray
+
+        facts = fit_on_ray(run, base, resume_from, progress, report_to or [])
+    else:
+        facts = fit(run, base, resume_from, progress, report_to or [])
+
+    tokens = facts["tokens_per_epoch"] * recipe.train.epochs
+    summary = {
+        "method": recipe.train.method,
+        "base": base.__dict__,
+        "rows": rows,
+        "epochs": recipe.train.epochs,
+        "steps": facts["steps"],
+        "resumed": resume_from is not None,
+        "resumed_from": resume_from.name if resume_from else None,
+        "workers": facts["world_size"],
+        "backend": facts["backend"],  # torch.distributed's; None when one process trained alone
+        "train_loss": facts["train_loss"],
+        "trained_tokens": tokens,
+        "seconds": facts["seconds"],
+        "tokens_per_second": tokens / facts["seconds"] if facts["seconds"] else 0.0,
+        "weights_sha256": _weights_digest(student_dir),
+        # Per rank, what this run (after any resume) fed it; see _ShardTally.
+        "data_shards": facts["shards"],
+        "dataset_digest": facts["dataset_digest"],
+        "log": facts["log"],
+    }
+    storage.write_json(summary_path, summary)
+    return summary
+
+
+def fit(run, base: BaseModel, resume_from: Path | None, progress=None, report_to: list[str] = (),
+        on_log=None) -> dict:
+    """Builds the SFTTrainer and trains: the whole stage in this process, or one rank of a Ray
+    Train worker group (the Trainer joins the process group it finds). Every rank calls this;
+    rank 0 writes student/. Returns what the summary needs (meaningful on rank 0)."""
     if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
         os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, imported by transformers, warns that it guessed
+    import gc
+
     import datasets
     import torch
     import transformers
@@ -205,69 +301,71 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     from distill.stages.dataset import read_dataset
 
     recipe = run.recipe
-    table = read_dataset(run.dir)
-    if table.num_rows == 0:
-        raise RuntimeError(
-            f"{run.dir / 'dataset'}: no kept samples to train on; manifest.json says what was dropped and why. "
-            "Sample more prompts, raise sampling.n, or relax a verifier's threshold."
-        )
-    data = datasets.Dataset(table.select(["prompt", "completion"]))
-    base = resolve_base(recipe)
+    data = datasets.Dataset(read_dataset(run.dir).select(["prompt", "completion"]))
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-
-    checkpoints = run.dir / "train" / "checkpoints"
-    resume = any(checkpoints.glob("checkpoint-*"))
-    log: list[dict] = []
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(run, checkpoints, report_to or [])),
+        args=SFTConfig(**sft_config_kwargs(run, run.dir / "train" / "checkpoints", list(report_to))),
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
-        callbacks=[_Progress(progress, log)],
+        callbacks=[_Progress(progress, on_log)],
     )
     trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
-    tokens = _trained_tokens(trainer.train_dataset)
+    tally = _ShardTally()
+    counted = not trainer.args.dataloader_num_workers  # loader processes (trl_args) would keep the counts
+    if counted:
+        trainer.data_collator = tally.wrap(trainer.data_collator)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.time() - started
 
-    if recipe.train.method == "lora":  # a student is one model directory: fold the adapter in
-        trainer.model = trainer.model.merge_and_unload()
-    tmp = run.dir / f".student-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    storage.write_json(tmp / "distill.json", {"revision": f"distill-run-{run.id}", "licence": base.licence,
-                                              "params_b": _params_b(trainer.model)})
-    if student_dir.exists():  # a stale partial from an older code version; never a finished one
-        shutil.rmtree(student_dir)
-    os.replace(tmp, student_dir)
-
-    history = list(trainer.state.log_history)
-    global_step = trainer.state.global_step
-    del trainer, model  # the evaluate stage's engines want this memory back
-    import gc
-
-    gc.collect()
-    summary = {
-        "method": recipe.train.method,
-        "base": base.__dict__,
-        "rows": table.num_rows,
-        "epochs": recipe.train.epochs,
-        "steps": global_step,
-        "resumed": resume,
+    shard = {"rank": trainer.args.process_index}
+    if counted:
+        shard.update(rows=tally.rows, tokens=tally.tokens, digest=f"{tally.digest:016x}")
+    shards, backend = [shard], None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = torch.distributed.get_backend()
+        shards = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, shard)
+    _save_student(trainer, tokenizer, run, base)
+    facts = {
+        "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
-        "trained_tokens": tokens * recipe.train.epochs,
         "seconds": seconds,
-        "tokens_per_second": tokens * recipe.train.epochs / seconds if seconds else 0.0,
-        "weights_sha256": _weights_digest(student_dir),
-        "log": [e for e in history if "loss" in e],
+        "world_size": trainer.args.world_size,
+        "backend": backend,
+        "shards": shards,
+        "tokens_per_epoch": _trained_tokens(trainer.train_dataset),
+        "dataset_digest": f"{sum(map(row_hash, trainer.train_dataset['input_ids'])) % 2**64:016x}",
+        "log": [e for e in trainer.state.log_history if "loss" in e],
     }
-    storage.write_json(summary_path, summary)
-    return summary
+    del trainer, model  # the evaluate stage's engines want this memory back
+    gc.collect()
+    return facts
+
+
+def _save_student(trainer, tokenizer, run, base: BaseModel) -> None:
+    """Every rank takes part (ZeRO-3 gathers the weight shards here); rank 0 writes student/ in one rename.
+    Elsewhere each rank holds the whole model, and rank 0 saves its own copy."""
+    if run.recipe.train.method == "lora":  # a student is one model directory: fold the adapter in
+        trainer.model = trainer.model.merge_and_unload()
+    zero3 = trainer.is_deepspeed_enabled and run.recipe.train.deepspeed_stage == 3
+    state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if zero3 else None
+    if trainer.is_world_process_zero():
+        student_dir = run.dir / "student"
+        tmp = run.dir / f".student-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        storage.write_json(tmp / "distill.json", {"revision": f"distill-run-{run.id}", "licence": base.licence,
+                                                  "params_b": _params_b(trainer.model)})
+        if student_dir.exists():  # a stale partial from an older code version; never a finished one
+            shutil.rmtree(student_dir)
+        os.replace(tmp, student_dir)
+    trainer.accelerator.wait_for_everyone()  # student/ exists for every rank once this returns
 
 
 def _trained_tokens(dataset) -> int:
@@ -278,7 +376,8 @@ def _trained_tokens(dataset) -> int:
 
 
 def _params_b(model) -> float:
-    return round(sum(p.numel() for p in model.parameters()) / 1e9, 4)
+    # Under ZeRO-3 a rank holds empty placeholders; DeepSpeed keeps the full size in ds_numel.
+    return round(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e9, 4)
 
 
 def _weights_digest(path: Path) -> str:

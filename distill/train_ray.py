@@ -1,0 +1,198 @@
+"""The train stage under Ray Train: `train.workers` data-parallel workers, each running
+`distill.stages.train.fit`, the same code that trains in-process.
+
+Ray Train's TorchTrainer places the workers (one GPU each when the cluster has GPUs, else an
+equal share of the free CPUs), sets up the torch process group (NCCL on GPUs, gloo on CPUs) and
+the RANK / WORLD_SIZE / LOCAL_RANK environment that HF's Trainer reads. From there the Trainer
+does what it does under torchrun: DDP or DeepSpeed, and a distributed sampler that deals each
+rank its own rows. Two of Ray's HF helpers are left out on purpose: `prepare_trainer` only swaps
+in data loaders for Ray Data iterables, and SFTTrainer needs a `datasets.Dataset` to tokenise and
+pack; `RayTrainReportCallback` copies every checkpoint into Ray's storage, a second copy of what
+`train/checkpoints/` already holds and what both paths resume from. So the workers report
+nothing to Ray: rank 0's `fit` returns the facts the summary needs, and its steps and loss logs
+reach the driver's progress bar (and wandb run) through a small actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+SHARED_STORAGE = ("with train.workers > 1 the run directory must be storage that every node mounts at the same "
+                  "path (NFS, or one machine): set output_dir to such a path")
+
+
+def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: list[str] = ()) -> dict:
+    """Trains with a TorchTrainer of `train.workers` workers; returns rank 0's `fit` facts."""
+    import ray
+    from ray.train import RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():  # the pipeline started it for sampling; a direct call may not have
+        from distill.pipeline import start_ray
+
+        start_ray(run)
+    scaling, backend = worker_placement(run.recipe.train.workers, run.recipe.cluster.accelerator_type)
+    relay = ray.remote(num_cpus=0)(_Relay).remote()
+    trainer = TorchTrainer(
+        _train_worker,
+        # Workers run in Ray's own working directory: every path they get is absolute.
+        train_loop_config={"run": run, "base": _absolute(base), "resume_from": resume_from, "relay": relay},
+        scaling_config=scaling,
+        torch_config=TorchConfig(backend=backend),
+        run_config=RunConfig(name="ray", storage_path=str(run.dir / "train")),  # not ~/ray_results
+    )
+    follower = _Follower(relay, progress, wandb="wandb" in report_to)
+    try:
+        with _sigint_handler_restored():
+            result = trainer.fit()
+    except SystemExit as e:  # Ray's Ctrl-C handler exits when the aborted controller is already gone
+        raise KeyboardInterrupt("training interrupted; a rerun resumes from train/checkpoints/") from e
+    finally:
+        follower.stop()
+        ray.kill(relay)
+    facts = result.return_value
+    if facts is None:  # a Ctrl-C aborted the workers; fit() returns without an error
+        raise KeyboardInterrupt("training interrupted; a rerun resumes from train/checkpoints/")
+    if not (run.dir / "student" / "config.json").is_file():
+        raise RuntimeError(f"rank 0 wrote {run.dir / 'student'} on {facts['host']}, but this machine does not see it: "
+                           f"{SHARED_STORAGE}")
+    follower.raise_error()
+    return facts
+
+
+def worker_placement(workers: int, accelerator_type: str | None = None):
+    """The ScalingConfig and torch backend: one GPU per worker (NCCL) when the cluster has GPUs,
+    whatever the driver's node has; else an equal share of the free CPUs per worker (gloo)."""
+    import ray
+    from ray.train import ScalingConfig
+
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return ScalingConfig(num_workers=workers, use_gpu=True, resources_per_worker={"CPU": 1, "GPU": 1},
+                             accelerator_type=accelerator_type), "nccl"
+    cpus = max(1, int(ray.available_resources().get("CPU", 0)) // workers)
+    return ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}), "gloo"
+
+
+def _train_worker(config: dict) -> dict:
+    """One Ray Train worker: the in-process `fit`; rank 0 relays its progress and logs."""
+    import ray.train
+
+    from distill.stages.train import fit
+
+    run, relay = config["run"], config["relay"]
+    if not (run.dir / "recipe.resolved.yaml").is_file():
+        raise RuntimeError(f"{run.dir} does not exist on {socket.gethostname()}: {SHARED_STORAGE}")
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    facts = fit(run, config["base"], config["resume_from"], _RemoteBar(relay) if rank0 else None, [],
+                on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None)
+    return {**facts, "host": socket.gethostname()}
+
+
+def _absolute(base):
+    path = Path(base.path)
+    return dataclasses.replace(base, path=str(path.resolve())) if path.exists() else base  # else a hub id
+
+
+class _Relay:
+    """Rank 0's progress and loss logs, held for the driver to read (a Ray actor using no CPU)."""
+
+    def __init__(self):
+        self.total, self.first, self.done, self.logs = None, 0, 0, []
+
+    def start(self, total: int, completed: int) -> None:
+        self.total, self.first, self.done = total, completed, completed
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def log(self, entry: dict) -> None:
+        self.logs.append(entry)
+
+    def take(self) -> tuple:
+        logs, self.logs = self.logs, []
+        return self.total, self.first, self.done, logs
+
+
+class _RemoteBar:
+    """A progress bar in a worker that forwards to the relay (calls from one caller arrive in order)."""
+
+    def __init__(self, relay):
+        self.relay = relay
+
+    def start(self, total: int, completed: int = 0) -> None:
+        self.relay.start.remote(total, completed)
+
+    def advance(self, n: int) -> None:
+        self.relay.advance.remote(n)
+
+
+class _Follower:
+    """Reads the relay every second in a thread: advances the driver's bar, logs the loss to the
+    active wandb run (the workers' trainers report to nothing, or each would start its own run)."""
+
+    def __init__(self, relay, progress, wandb: bool):
+        self.relay, self.progress, self.wandb = relay, progress, wandb
+        self.started, self.shown, self.error = None, 0, None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="distill-train-progress")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(1.0):
+            self.poll()
+
+    def poll(self) -> None:
+        import ray
+
+        try:
+            total, first, done, logs = ray.get(self.relay.take.remote())
+            if self.progress is not None and total is not None:
+                if self.started != (total, first):
+                    self.progress.start(total=total, completed=first)
+                    self.started, self.shown = (total, first), first
+                if done > self.shown:
+                    self.progress.advance(done - self.shown)
+                    self.shown = done
+            if self.wandb and logs:
+                _log_to_wandb(logs)
+        except Exception as e:  # noqa: BLE001 - a broken bar must not kill a training; raised after it
+            self.error = self.error or e
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.poll()  # the last steps
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _log_to_wandb(entries: list[dict]) -> None:
+    """As HF's WandbCallback logs them: train/<key>, stepped by train/global_step."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    for e in entries:
+        values = {f"train/{k}": v for k, v in e.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        wandb.run.log({**values, "train/global_step": e["step"]})
+
+
+@contextmanager
+def _sigint_handler_restored():
+    """TorchTrainer.fit installs a Ctrl-C handler (abort the run) and leaves it installed after
+    the run; a later Ctrl-C in another stage would then exit with status 0. Put ours back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
