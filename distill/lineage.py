@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def sample_id(prompt_id: str, teacher: str, revision: str, params: dict, sample_
 
 @functools.cache
 def code_version() -> str:
-    """The package version, plus the git commit (and '+dirty') when run from a checkout."""
+    """The package version, plus the git commit (and '+dirty') when run from a checkout;
+    DISTILL_CODE_VERSION wins (a Ray job runs a shipped copy, not a checkout)."""
+    if os.environ.get("DISTILL_CODE_VERSION"):
+        return os.environ["DISTILL_CODE_VERSION"]
     root = Path(distill.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(

@@ -227,8 +227,10 @@ class Recipe(Section):
 
     def _hash(self, data: dict) -> str:
         data = dict(data)
-        data.pop("tracking", None)
-        data.pop("cluster", None)
+        # Where a run is tracked, placed and written does not change what it makes: the same
+        # recipe has the same run id on a laptop and as a cluster job.
+        for key in ("tracking", "cluster", "output_dir"):
+            data.pop(key, None)
         from distill.teachers import load_teacher
 
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
