@@ -102,7 +102,8 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
     from distill.stages.dataset import read_dataset
-    from distill.stages.train import cpu_has_bf16, resolve_base
+    from distill.hardware import cpu_has_bf16
+    from distill.stages.train import resolve_base
 
     run = open_run(load_recipe(recipe_path))
     t = run.recipe.train

@@ -11,6 +11,18 @@ from distill.teachers import load_teacher
 @pytest.fixture
 def cpu_only(monkeypatch):
     monkeypatch.setattr(vllm_ray, "has_cuda", lambda: False)
+    monkeypatch.setattr(vllm_ray, "cpu_has_bf16", lambda: True)
+
+
+@pytest.mark.parametrize("native_bf16, overrides, dtype", [
+    (True, {}, "bfloat16"),
+    (False, {}, "float32"),  # emulated bf16 is several times slower than float32
+    (False, {"dtype": "bfloat16"}, "bfloat16"),  # the recipe's choice wins
+])
+def test_a_cpu_without_bf16_arithmetic_serves_in_float32(monkeypatch, native_bf16, overrides, dtype):
+    monkeypatch.setattr(vllm_ray, "has_cuda", lambda: False)
+    monkeypatch.setattr(vllm_ray, "cpu_has_bf16", lambda: native_bf16)
+    assert vllm_ray.engine_kwargs(load_teacher("smollm2-135m-instruct"), overrides, seed=0)["dtype"] == dtype
 
 
 def test_teacher_defaults_then_recipe_overrides(cpu_only):

@@ -11,19 +11,13 @@ import logging
 import os
 from typing import Any, Iterator
 
+from distill.hardware import cpu_has_bf16, has_cuda
 from distill.teachers import Teacher, model_path
 
 NAME = "vllm-ray-data"
 LIGHT_STAGE_CPUS = 0.25
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
 
 
 def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -47,6 +41,12 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
         kwargs.setdefault("enable_chunked_prefill", False)
         # Compiling the model takes longer than a demo's whole sampling run on 2 cores.
         kwargs.setdefault("enforce_eager", True)
+        # A CPU without bf16 arithmetic (no AVX512-BF16 or AMX) emulates it: several times
+        # slower than float32 (seen: a 2-core AVX2 machine took 10 min for what an AVX512-BF16
+        # one did in 2). The recipe's own teacher.engine_args.dtype wins.
+        if "dtype" not in overrides and kwargs.get("dtype") in ("bfloat16", "float16", "half", "auto") \
+                and not cpu_has_bf16():
+            kwargs["dtype"] = "float32"
         # A CPU engine serves one replica per Ray actor; it cannot shard over processes here.
         if kwargs["tensor_parallel_size"] * kwargs["pipeline_parallel_size"] > 1:
             logging.getLogger(__name__).warning(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import storage
+from distill.hardware import cpu_has_bf16
 
 
 
@@ -148,18 +149,9 @@ def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str,
 
 
 def _has_cuda() -> bool:
-    from distill.backends.vllm_ray import has_cuda
+    from distill.hardware import has_cuda
 
     return has_cuda()
-
-
-def cpu_has_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def lora_config(train):
