@@ -20,6 +20,21 @@ class Verdict:
     reason: str = ""
 
 
+def parse_reference(text: str):
+    """A structured reference (tests, a tool-call spec) from a prompt row's text: JSON, or the
+    Python literal a prompt file's object field became. Raises ValueError saying what is wrong."""
+    import ast
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"reference is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
 def _load_builtins() -> None:
     # Importing the modules runs their @VERIFIERS.register decorators.
     from distill.verifiers import code, final_number, judge, math, reasoning_format, tool_call  # noqa: F401

@@ -34,8 +34,6 @@ among samples of one prompt, run once. Isolation the kernel did not allow is log
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
 import os
 import re
@@ -50,7 +48,7 @@ from pydantic import Field
 
 from distill import sandbox
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +126,9 @@ def extract_program(completion: str, language: str = "python",
 @lru_cache(maxsize=1024)  # the samples of one prompt share its reference
 def _tests(text: str) -> tuple[_Test, ...]:
     try:
-        ref = json.loads(text)
-    except json.JSONDecodeError as e:
-        try:
-            ref = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            where = f"at line {e.lineno} column {e.colno}"
-            raise BadReference(f"reference is not JSON: {e.msg} {where}") from None
+        ref = parse_reference(text)
+    except ValueError as e:
+        raise BadReference(str(e)) from None
     if not isinstance(ref, dict):
         raise BadReference("reference is not a JSON object with tests, asserts or test_code")
     if unknown := [k for k in ref if k not in _REFERENCE_KEYS]:

@@ -42,7 +42,6 @@ its own tool's schema), or it has neither tools nor expected calls.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from functools import lru_cache
@@ -53,7 +52,7 @@ from jsonschema.validators import validator_for
 from pydantic import Field
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, parse_reference
 
 Format = Literal["openai", "hermes", "json"]
 _HERMES = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.DOTALL)
@@ -204,12 +203,9 @@ def _schema_problems(validator, args: dict) -> list[str]:
 def _reference(text: str) -> tuple[dict | None, list | None]:
     """({tool name: validator or None}, expected calls); raises CallError on an invalid reference."""
     try:
-        ref = json.loads(text)
-    except json.JSONDecodeError as e:
-        try:
-            ref = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise CallError(f"reference is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        ref = parse_reference(text)
+    except ValueError as e:
+        raise CallError(str(e)) from None
     if not isinstance(ref, dict):
         raise CallError(f"reference is a JSON {_json_type(ref)}, not an object with tools and/or expected")
     if unknown := [k for k in ref if k not in _REFERENCE_KEYS]:
