@@ -23,6 +23,7 @@ bench: install
 	$(VENV)/bin/python bench/sampling_overhead.py
 	$(VENV)/bin/python bench/sft_throughput.py
 	$(VENV)/bin/python bench/filters.py
+	$(VENV)/bin/python bench/replicas.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A Ray cluster of several nodes on one machine, all on loopback: a head and N workers, each
-# its own raylet with its own custom resource (node_head, node_w1, ...), so that `distill
+# its own raylet with its own custom resource (node_head, node_w1, ...; each worker also has one
+# unit of `worker`, for keeping engines off the head), so that `distill
 # submit`, multi-node placement and a lost worker can be tried without a cloud.
 #
 #   cluster/local.sh start [WORKERS]   # head + WORKERS workers (default 1); prints the address
 #   cluster/local.sh status            # which nodes run, and Ray's view of the cluster
 #   cluster/local.sh stop              # ends this cluster's processes, and nothing else
+#   cluster/local.sh stop-node NAME    # kills one worker node (w1, w2, ...) as a lost machine
 #
 # Settings (environment): DISTILL_LOCAL_RAY_DIR (pid files, logs, each node's Ray temp dir;
 # /tmp/distill-local-ray), DISTILL_LOCAL_RAY_PORT (GCS, 6390; the Ray client takes the next),
@@ -107,7 +109,7 @@ start() {
   wait_for 90 "the head node starting" nodes_up 1 || { stop; exit 1; }
   for i in $(seq "$workers"); do
     # Each node's dashboard agent needs a port of its own: all of them share one machine.
-    start_node "w$i" --address "$GCS" --num-cpus "$WORKER_CPUS" --resources "{\"node_w$i\": 1}" \
+    start_node "w$i" --address "$GCS" --num-cpus "$WORKER_CPUS" --resources "{\"node_w$i\": 1, \"worker\": 1}" \
       --dashboard-agent-listen-port $((DASHBOARD_PORT + 100 + i))
   done
   wait_for 90 "$((workers + 1)) nodes joining" nodes_up $((workers + 1)) || { stop; exit 1; }
@@ -118,24 +120,27 @@ start() {
   echo "  stop:    $0 stop"
 }
 
-stop() {
-  local pidfile pgid
-  for pidfile in $(node_pids); do
-    pgid=$(cat "$pidfile")
+stop_node() {  # the node's pid file
+  local pidfile=$1 pgid
+  pgid=$(cat "$pidfile")
+  if alive "$pgid"; then
+    # SIGTERM to `ray start` alone: it drains its node through the GCS (still up, as the
+    # head goes last) and ends its processes. Whatever is left after 15 s is killed: Ray
+    # may wait out its whole 30 s drain timeout, and nothing here needs a graceful drain.
+    kill -TERM "$pgid" 2>/dev/null || true
+    for _ in $(seq 30); do alive "$pgid" || break; sleep 0.5; done
     if alive "$pgid"; then
-      # SIGTERM to `ray start` alone: it drains its node through the GCS (still up, as the
-      # head goes last) and ends its processes. Whatever is left after 15 s is killed: Ray
-      # may wait out its whole 30 s drain timeout, and nothing here needs a graceful drain.
-      kill -TERM "$pgid" 2>/dev/null || true
-      for _ in $(seq 30); do alive "$pgid" || break; sleep 0.5; done
-      if alive "$pgid"; then
-        kill -KILL -- "-$pgid" 2>/dev/null || true
-        for _ in $(seq 20); do alive "$pgid" || break; sleep 0.5; done
-        if alive "$pgid"; then echo "local.sh: process group $pgid ($pidfile) is still alive" >&2; fi
-      fi
+      kill -KILL -- "-$pgid" 2>/dev/null || true
+      for _ in $(seq 20); do alive "$pgid" || break; sleep 0.5; done
+      if alive "$pgid"; then echo "local.sh: process group $pgid ($pidfile) is still alive" >&2; fi
     fi
-    rm -f "$pidfile"
-  done
+  fi
+  rm -f "$pidfile"
+}
+
+stop() {
+  local pidfile
+  for pidfile in $(node_pids); do stop_node "$pidfile"; done
   # A job's driver runs in a session of its own, and Ray's watcher ends it once its job
   # supervisor is gone; give it that moment.
   sleep 1
@@ -154,9 +159,30 @@ status() {
   echo "jobs: RAY_ADDRESS=$JOBS"
 }
 
+lose_node() {  # a worker's name: it goes as a lost spot node would, while the rest runs on
+  local name=${1:-}
+  case "$name" in
+    w[0-9]*) ;;
+    *) echo "local.sh: stop-node takes a worker's name (w1, w2, ...), not '$name'; 'stop' ends the whole cluster" >&2; exit 2 ;;
+  esac
+  if [ ! -f "$DIR/$name.pid" ]; then
+    echo "local.sh: no node $name recorded in $DIR; running: $(cd "$DIR" 2>/dev/null && ls *.pid 2>/dev/null | sed 's/.pid//' | tr '\n' ' ')" >&2
+    exit 1
+  fi
+  # SIGKILL to every process of the node at once, no drain: the node is gone as a lost machine
+  # is, and the head learns it only when the node's heartbeats stop.
+  local pgid; pgid=$(cat "$DIR/$name.pid")
+  kill -KILL -- "-$pgid" 2>/dev/null || true
+  for _ in $(seq 20); do alive "$pgid" || break; sleep 0.5; done
+  if alive "$pgid"; then echo "local.sh: process group $pgid of $name is still alive" >&2; exit 1; fi
+  rm -f "$DIR/$name.pid"
+  echo "node $name stopped (killed, as a lost machine)"
+}
+
 case "${1:-}" in
   start) start "${2:-1}" ;;
   stop) stop ;;
+  stop-node) lose_node "${2:-}" ;;
   status) status ;;
-  *) echo "usage: $0 start [WORKERS] | stop | status" >&2; exit 2 ;;
+  *) echo "usage: $0 start [WORKERS] | stop | stop-node NAME | status" >&2; exit 2 ;;
 esac

@@ -127,7 +127,8 @@ def run(
     except RunBusy as e:
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"run directory: {the_run.dir}", highlight=False, soft_wrap=True)
+    where = f"{the_run.remote} (local copy: {the_run.dir})" if the_run.remote else the_run.dir
+    console.print(f"run directory: {where}", highlight=False, soft_wrap=True)
     _print_summary(summaries)
 
 
@@ -223,10 +224,14 @@ def submit(
     address: Optional[str] = typer.Option(None, help=_ADDRESS_HELP),
     output_dir: Optional[str] = typer.Option(
         None, help="where the run directory goes, as the cluster sees it: on a cluster of several machines a "
-                   "path on shared storage mounted at the same place on every node (NFS, a mounted bucket); "
-                   "default: the recipe's output_dir, a relative one taken from this directory"),
+                   "bucket (s3://BUCKET/runs, gs://BUCKET/runs) or a path mounted at the same place on every "
+                   "node (NFS); default: the recipe's output_dir, a relative one taken from this directory"),
     until: Optional[str] = typer.Option(None, help="stop after this stage"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="the job's output shows Ray and vLLM worker logs"),
+    env: list[str] = typer.Option(
+        [], "--env", metavar="NAME",
+        help="send this variable of your environment with the job (repeat for more: --env WANDB_API_KEY "
+             "--env HF_TOKEN); whoever can reach the cluster's Jobs API can read it"),
 ):
     """Run a recipe on a Ray cluster as a Ray job (`distill run` there); prints the job id."""
     from distill import jobs
@@ -240,11 +245,12 @@ def submit(
     r = _load(recipe)
     _refuse_if_forbidden(r, recipe)  # before the cluster sees anything
     with _jobs_errors():
-        sub = jobs.submit(recipe, r, address, output_dir, until, verbose)
+        sub = jobs.submit(recipe, r, address, output_dir, until, verbose, env=env)
     print(sub.job_id)  # alone on stdout, for scripts: JOB=$(distill submit ...)
     for line in (f"submitted to {sub.address} ({sub.shipped_mb:.1f} MiB of recipe files)",
                  f"run directory (on the cluster): {sub.run_dir}",
-                 f"follow it: distill logs {sub.job_id} --follow   (status, stop: the same id)"):
+                 f"follow it: distill logs {sub.job_id} --follow   (status, stop: the same id)",
+                 *jobs.secret_hints(env)):
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -326,7 +332,8 @@ def lineage(
     model: Optional[str] = typer.Option(None, help="the full ancestry of this model (name or weights hash)"),
     json_out: bool = typer.Option(False, "--json", help="rows as JSON"),
     store: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the lineage store (default: $DISTILL_LINEAGE_URL, else runs/lineage.sqlite)"),
-    runs_dir: str = typer.Option("runs", help="where the default SQLite store lives"),
+    runs_dir: str = typer.Option("runs", help="where the default SQLite store lives (for a bucket URI, in this "
+                                              "machine's local copy of it: the store is the driver's)"),
 ):
     """Query the lineage store: what derives from a teacher, dataset or licence (for a licence change or a takedown), or a model's ancestry."""
     from distill.lineage_store import lineage_command

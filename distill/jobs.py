@@ -8,7 +8,10 @@ packages (vLLM, TRL, ... come with the cluster's image, see cluster/):
   which are relative to it), in which the recipe's `output_dir` is set to where the run
   directory must go on the cluster;
 - `py_modules`: this `distill` package as a directory, so the cluster runs the code that
-  validated the recipe, whatever version its image has installed.
+  validated the recipe, whatever version its image has installed;
+- `env_vars`: the submitter's code version, and the variables named with `--env` (secrets
+  such as WANDB_API_KEY travel only when asked for: the cluster's Jobs API shows them to
+  whoever can reach it).
 
 The job's driver calls `ray.init()` with no address, and Ray points it at the cluster.
 """
@@ -109,15 +112,69 @@ class Submitted:
     shipped_mb: float
 
 
+# Protocols fsspec knows but a run directory cannot live in: the job would write where no one reads.
+NOT_RUN_STORAGE = {
+    "memory": "it lives in one process's memory and is gone when the job ends",
+    "http": "fsspec reads http(s) URLs but cannot write to them",
+    "https": "fsspec reads http(s) URLs but cannot write to them",
+}
+# Secrets a job often needs; `distill submit` says how to send them when they are set here but not sent.
+SECRETS_HINTED = ("WANDB_API_KEY", "HF_TOKEN")
+# Set for the job by distill submit or by Ray: forwarding the submitter's value would break the job.
+NOT_FORWARDED = {
+    "DISTILL_CODE_VERSION": "distill submit sets it to the version of the code it ships",
+    "RAY_ADDRESS": "Ray sets it for the job's driver to reach the cluster; yours points at the Jobs API",
+}
+
+
 def output_dir_for(recipe, output_dir: str | None) -> str:
-    """Where the run directory's parent goes: --output-dir, else the recipe's output_dir, a
-    relative one taken from this directory as `distill run` does (right for a cluster on this
-    machine or one that mounts the same path)."""
+    """Where the run directory's parent goes: --output-dir, else the recipe's output_dir. A
+    bucket URI stays as it is (every node reaches it); a relative path is taken from this
+    directory as `distill run` does (right for a cluster on this machine or one that mounts the
+    same path)."""
+    from fsspec.registry import known_implementations
+
+    from distill import storage
+
     chosen = output_dir if output_dir is not None else recipe.output_dir
-    if "://" in chosen:
-        raise JobsError(f"output dir {chosen!r}: run directories are written to a file system path for now; "
-                        "mount the bucket on every node (e.g. a FUSE mount) and pass its mount path")
-    return str((Path.cwd() / chosen).resolve() if not Path(chosen).is_absolute() else Path(chosen))
+    if not storage.is_remote(chosen):  # an absolute path is the cluster's: not resolved against this machine
+        path = storage.local_path(chosen)
+        return str(path if Path(chosen).is_absolute() else path.resolve())
+    scheme = storage.protocol(chosen)
+    if scheme in NOT_RUN_STORAGE:
+        raise JobsError(f"output dir {chosen!r}: {NOT_RUN_STORAGE[scheme]}; use a bucket (s3://BUCKET/runs, "
+                        "gs://BUCKET/runs) or a path every node mounts")
+    if scheme not in known_implementations:
+        raise JobsError(f"output dir {chosen!r}: fsspec knows no protocol {scheme!r}; use a bucket "
+                        "(s3://BUCKET/runs, gs://BUCKET/runs) or a path every node mounts")
+    return chosen.rstrip("/")
+
+
+def forwarded_env(names: list[str], environ=None) -> dict[str, str]:
+    """The submitter's values of the variables named with --env, for the job's runtime env.
+    Only names appear in errors: values are never printed or written."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    for name in names:
+        if name in NOT_FORWARDED:
+            problems.append(f"--env {name}: not sent, {NOT_FORWARDED[name]}")
+        elif "=" in name:  # a value typed on the command line: never echo it
+            problems.append(f"--env {name.split('=')[0]}=...: give the name alone (--env {name.split('=')[0]}); "
+                            "its value is read from your environment")
+        elif not name.isidentifier():
+            problems.append(f"--env {name!r}: not a variable name (letters, digits and '_')")
+        elif name not in environ:
+            problems.append(f"--env {name}: not set in your environment; export it first, or leave it out")
+    if problems:
+        raise JobsError("; ".join(problems))
+    return {name: environ[name] for name in names}
+
+
+def secret_hints(names: list[str], environ=None) -> list[str]:
+    """One line per common secret that is set here but would not travel with the job."""
+    environ = os.environ if environ is None else environ
+    return [f"{name} is set here but not sent with the job; add --env {name} if the job needs it "
+            "(docs/cluster.md, Secrets)" for name in SECRETS_HINTED if environ.get(name) and name not in names]
 
 
 def entrypoint(recipe_file: str, until: str | None = None, verbose: bool = False) -> str:
@@ -128,15 +185,19 @@ def entrypoint(recipe_file: str, until: str | None = None, verbose: bool = False
 
 
 def submit(recipe_path: str | Path, recipe, address: str, output_dir: str | None = None, until: str | None = None,
-           verbose: bool = False, client_factory: Callable | None = None) -> Submitted:
-    """Sends a validated recipe as a Ray job; returns its id and where its run directory will be."""
+           verbose: bool = False, client_factory: Callable | None = None, env: list[str] = ()) -> Submitted:
+    """Sends a validated recipe as a Ray job; returns its id and where its run directory will be.
+    `env` names variables of this environment to send with the job (secrets, opt-in)."""
+    from distill import storage
+
     recipe_path = Path(recipe_path).resolve()
     out = output_dir_for(recipe, output_dir)
+    env_vars = forwarded_env(list(env))
     _check_paths_stay_inside(recipe, recipe_path.parent)
     client = (client_factory or make_client)(address)
     # Earlier run directories in the recipe's folder stay behind (where a laptop run put them, and
     # where this job will write, when either is inside it).
-    leave_out = {Path(out)} | ({Path(output_dir_for(recipe, None))} if "://" not in recipe.output_dir else set())
+    leave_out = {storage.local_path(d) for d in (out, recipe.output_dir) if not storage.is_remote(d)}
     with staged(recipe_path, out, leave_out) as (work, shipped_mb):
         from distill.lineage import code_version
         from distill.recipe import RecipeError, load_recipe
@@ -146,7 +207,7 @@ def submit(recipe_path: str | Path, recipe, address: str, output_dir: str | None
             run_id = load_recipe(work / recipe_path.name).content_hash()[:12]
         except RecipeError as e:  # the copy must read as the original did; say so if it does not
             raise JobsError(f"the copy of {recipe_path} to send does not validate: {e}") from None
-        run_dir = str(Path(out) / recipe.name / run_id)
+        run_dir = storage.join(out, recipe.name, run_id)
         try:
             job_id = client.submit_job(
                 entrypoint=entrypoint(recipe_path.name, until, verbose),
@@ -154,7 +215,7 @@ def submit(recipe_path: str | Path, recipe, address: str, output_dir: str | None
                 runtime_env={"working_dir": str(work), "py_modules": [str(Path(distill.__file__).parent)],
                              "excludes": list(NOT_SHIPPED),
                              # The shipped package is no git checkout: the job records the submitter's version.
-                             "env_vars": {"DISTILL_CODE_VERSION": code_version()}},
+                             "env_vars": {**env_vars, "DISTILL_CODE_VERSION": code_version()}},
                 metadata={"distill_recipe": str(recipe_path), "distill_run_dir": run_dir},
             )
         except (RuntimeError, ValueError, OSError) as e:  # the server's reply, or the upload's error

@@ -57,8 +57,15 @@ Store = Engine  # a store is just an engine whose database has the two tables
 
 
 def default_url(runs_dir: str | Path = "runs") -> str:
-    """`DISTILL_LINEAGE_URL`, else an SQLite file in the runs directory (the recipe's output_dir)."""
-    return os.environ.get(ENV_URL) or f"sqlite:///{Path(runs_dir).resolve() / 'lineage.sqlite'}"
+    """`DISTILL_LINEAGE_URL`, else an SQLite file in the runs directory (the recipe's output_dir).
+    For a bucket, the file is in this machine's local copy of it (storage.cache_dir): SQLite
+    cannot live in an object store, and the store belongs to the driver, never to the workers."""
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    from distill import storage
+
+    folder = storage.cache_dir(str(runs_dir)) if storage.is_remote(runs_dir) else storage.local_path(runs_dir)
+    return f"sqlite:///{folder.resolve() / 'lineage.sqlite'}"
 
 
 def open_store(url: str | None = None, runs_dir: str | Path = "runs") -> Store:
@@ -112,9 +119,9 @@ def read_run_dir(run_dir: Path) -> _Batch:
 
     samples = _samples(run_dir)
     if samples is not None:
-        count, teachers, prompts = samples
+        count, teachers, prompts, replicas = samples
         s = b.add(f"samples:{recipe_hash}", "samples", f"{recipe['name']}-samples-{run_id}", resolved["samples_key"],
-                  None, run_id, count=count)
+                  None, run_id, count=count, replicas=replicas)
         b.link(s, "produced-by", run)
         for t in teachers:
             tid = b.add(_id("teacher", t["teacher_id"], t["teacher_model"], t["teacher_revision"]), "teacher",
@@ -179,19 +186,24 @@ def _student_terms(run_dir: Path, lin: dict) -> dict:
 
 
 def _samples(run_dir: Path):
-    """(count, distinct teachers, distinct prompt sources), reading only those columns; None before sampling."""
+    """(count, distinct teachers, distinct prompt sources, samples per engine replica), reading only
+    those columns; None before sampling."""
     from distill.stages.sample import read_samples
 
     teacher_cols = ["teacher_id", "teacher_model", "teacher_revision", "teacher_licence"]
     prompt_cols = ["prompt_source", "prompt_licence"]
-    table = read_samples(run_dir, teacher_cols + prompt_cols)
+    table = read_samples(run_dir, teacher_cols + prompt_cols + ["replica"])
     if table.num_rows == 0:
         return None
+    replicas: dict[str, int] = {}
+    for name in table["replica"].to_pylist():  # null: a backend that does not say (HTTP, older runs)
+        if name:
+            replicas[name] = replicas.get(name, 0) + 1
 
     def distinct(cols):
         return sorted(table.select(cols).group_by(cols).aggregate([]).to_pylist(), key=lambda r: [r[c] for c in cols])
 
-    return table.num_rows, distinct(teacher_cols), distinct(prompt_cols)
+    return table.num_rows, distinct(teacher_cols), distinct(prompt_cols), dict(sorted(replicas.items()))
 
 
 def register_run(store: Store, run_dir: Path) -> dict[str, int]:

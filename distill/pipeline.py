@@ -2,6 +2,11 @@
 
 The run id is derived from the recipe's content hash: the same recipe (and the same
 prompt files) resumes the same run; a changed recipe is a new run beside it.
+
+When the recipe's output_dir is a bucket (s3://, gs://, ...), the stages work in a local copy
+of the run directory (storage.cache_dir) that is pulled from the bucket first, so a run
+restarted on another machine resumes, and pushed to it after every stage, every
+$DISTILL_SYNC_SECONDS while a stage runs, and when the run fails.
 """
 
 from __future__ import annotations
@@ -26,21 +31,26 @@ STAGES = ["prompts", "sample", "filter", "dataset", "train", "evaluate", "card",
 class Run:
     recipe: Recipe
     teacher: Teacher
-    dir: Path
+    dir: Path  # where the stages read and write: the run directory, or the local copy of a remote one
     id: str
     recipe_hash: str
     code_version: str
+    remote: str | None = None  # the run directory's URI when output_dir is a bucket
 
 
 def open_run(recipe: Recipe) -> Run:
+    """The run directory of this recipe, made or resumed; a remote one is pulled into its local copy first."""
     recipe_hash = recipe.content_hash()
     run_id = recipe_hash[:12]
-    out = Path(recipe.output_dir)
-    if not out.is_absolute():
-        out = Path.cwd() / out
-    run_dir = out / recipe.name / run_id
+    remote = None
+    if storage.is_remote(recipe.output_dir):
+        remote = storage.join(recipe.output_dir, recipe.name, run_id)
+        run_dir = storage.cache_dir(remote)
+        storage.Mirror(remote, run_dir).pull()
+    else:
+        run_dir = storage.local_path(recipe.output_dir) / recipe.name / run_id
     teacher = load_teacher(recipe.teacher.id, recipe.base_dir)
-    run = Run(recipe, teacher, run_dir, run_id, recipe_hash, code_version())
+    run = Run(recipe, teacher, run_dir, run_id, recipe_hash, code_version(), remote)
     resolved = {
         "recipe_hash": recipe_hash,
         "samples_key": recipe.samples_key(),
@@ -67,7 +77,8 @@ def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None):
     c = run.recipe.cluster
     return VLLMRayBackend(
         model or run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
-        cpus_per_replica=c.cpus_per_replica, accelerator_type=c.accelerator_type,
+        cpus_per_replica=c.cpus_per_replica, resources_per_replica=c.resources_per_replica,
+        accelerator_type=c.accelerator_type,
         batch_size=run.recipe.sampling.batch_size, quiet=not verbose,
     )
 
@@ -107,28 +118,39 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     summaries: dict = {}
     from distill.tracking import Tracker
 
-    with _lock(run.dir):  # released on return or error; a killed process releases it too
+    # The lock is released on return or error (a killed process releases it too); the syncer
+    # pushes a remote run's copy in the background, and does nothing for a local run.
+    with _lock(run.dir), storage.Syncer(run_mirror(run)) as sync:
         tracker = Tracker(run, stages)
         try:
             for stage in stages:
                 summaries[stage] = _run_stage(stage, run, tracker, backend, backend_for, progress_factory, verbose,
                                               stages)
+                sync.push()
         except BaseException:
             tracker.finish(failed=True)
             _register(run, failing=True)  # what exists is registered, whether the run finished or not
+            sync.push(failing=True)  # what exists is kept, for a rerun anywhere to resume from
             raise
         _register(run)
         tracker.finish()
+        sync.push()
     return run, summaries
 
 
+def run_mirror(run: Run) -> storage.Mirror | None:
+    """The mirror between a remote run directory and its local copy; None for a local run."""
+    return storage.Mirror(run.remote, run.dir) if run.remote else None
+
+
 def _register(run: Run, failing: bool = False) -> None:
-    """Records the run's artifacts and their parents in the lineage store (the driver's job)."""
+    """Records the run's artifacts and their parents in the lineage store (the driver's job:
+    for a bucket output_dir the default store is an SQLite file in this machine's cache, see
+    lineage_store.default_url)."""
     from distill.lineage_store import open_store, register_run
 
-    out = Path(run.recipe.output_dir)
     try:
-        register_run(open_store(None, out if out.is_absolute() else Path.cwd() / out), run.dir)
+        register_run(open_store(None, run.recipe.output_dir), run.dir)
     except Exception as e:
         if not failing:
             raise

@@ -169,6 +169,9 @@ class Cluster(Section):
     address: str | None = None  # None: a local Ray started for the run
     replicas: int = Field(1, ge=1)  # vLLM engine replicas sharing the prompt stream
     cpus_per_replica: float = Field(1, gt=0)
+    # Custom Ray resources each replica needs besides its CPUs/GPUs, to keep engines on the nodes
+    # that offer them (e.g. {"teacher_node": 1} where only the big nodes are started with it).
+    resources_per_replica: dict[str, float] = {}
     accelerator_type: str | None = None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from distill import storage
@@ -140,6 +141,33 @@ def retries_html(attempts: list[dict]) -> str | None:
             + _table(["when", "round", "pass", "requested", "answered", "duplicates dropped", "error"], rows))
 
 
+def replica_counts(attempts: list[dict]) -> dict[str, int]:
+    """Results per engine replica (actor, process, node) over every sampling pass."""
+    counts: dict[str, int] = {}
+    for a in attempts:
+        for name, k in (a.get("replicas") or {}).items():
+            counts[name] = counts.get(name, 0) + k
+    return counts
+
+
+def replicas_html(attempts: list[dict]) -> str | None:
+    """Which engine replicas sampled, and which were replaced mid-run (one actor, several processes)."""
+    counts = {name: k for name, k in replica_counts(attempts).items() if name != "unknown"}
+    if len(counts) < 2:  # a single engine process: nothing to tell
+        return None
+    processes: dict[str, list[str]] = {}
+    for name in counts:
+        actor = re.match(r"(actor \S+)", name)
+        processes.setdefault(actor.group(1) if actor else name, []).append(name)
+    replaced = sum(len(p) - 1 for p in processes.values())
+    text = (f"<p>{len(processes)} engine replicas shared the prompt stream"
+            + (f"; {replaced} replica process{'es' if replaced > 1 else ''} died and Ray started "
+               f"{'replacements' if replaced > 1 else 'a replacement'} (same actor, a new process), "
+               "whose unfinished batches were redone" if replaced else "")
+            + ". Results per engine process:</p>")
+    return text + _table(["replica", "results"], [[name, counts[name]] for name in sorted(counts)])
+
+
 def never_passed_html(run_dir: Path, table, n: int) -> str | None:
     from distill.stages.sample import never_passed, round_stats
 
@@ -183,6 +211,7 @@ def build_report(run_dir: Path) -> Path:
         ("Sampling rounds", plot_rounds(round_stats(table, n)), None),
         ("Prompts that never passed", never_passed_html(run_dir, table, n), None),
         ("Retried", retries_html(read_attempts(run_dir)), None),
+        ("Replicas", replicas_html(read_attempts(run_dir)), None),
         ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
         ("Filters", filters_html(read_filter_summary(run_dir)), "no filter ran"),
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),

@@ -11,25 +11,35 @@ pack; `RayTrainReportCallback` copies every checkpoint into Ray's storage, a sec
 `train/checkpoints/` already holds and what both paths resume from. So the workers report
 nothing to Ray: rank 0's `fit` returns the facts the summary needs, and its steps and loss logs
 reach the driver's progress bar (and wandb run) through a small actor.
+
+When output_dir is a bucket, no node shares the driver's local copy of the run: each worker
+pulls what training reads into its own node's copy, every rank pushes its checkpoint files
+after each save and when done (rank 0 also `student/`), and the driver pulls `student/` and
+`train/` back. Ray Train's own storage is then the bucket too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-SHARED_STORAGE = ("with train.workers > 1 the run directory must be storage that every node mounts at the same "
-                  "path (NFS, or one machine): set output_dir to such a path")
+from distill import storage
+
+SHARED_STORAGE = ("with train.workers > 1 every node must reach the run directory: set output_dir to a bucket URI "
+                  "(s3://BUCKET/runs, gs://BUCKET/runs; no shared mount needed), or to a path every node mounts at "
+                  "the same place (NFS, or one machine)")
+# What a worker reads from the run directory: copied into its node's copy of a remote run.
+TRAINING_INPUTS = ("recipe.resolved.yaml", "dataset", "train/checkpoints")
 
 
 def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: list[str] = ()) -> dict:
     """Trains with a TorchTrainer of `train.workers` workers; returns rank 0's `fit` facts."""
     import ray
-    from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():  # the pipeline started it for sampling; a direct call may not have
@@ -44,8 +54,10 @@ def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: li
         train_loop_config={"run": run, "base": _absolute(base), "resume_from": resume_from, "relay": relay},
         scaling_config=scaling,
         torch_config=TorchConfig(backend=backend),
-        run_config=RunConfig(name="ray", storage_path=str(run.dir / "train")),  # not ~/ray_results
+        run_config=_run_config(run),
     )
+    if run.remote:  # the workers start from the bucket: it must hold the dataset
+        storage.Mirror(run.remote, run.dir).push()
     follower = _Follower(relay, progress, wandb="wandb" in report_to)
     try:
         with _sigint_handler_restored():
@@ -58,6 +70,11 @@ def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: li
     facts = result.return_value
     if facts is None:  # a Ctrl-C aborted the workers; fit() returns without an error
         raise KeyboardInterrupt("training interrupted; a rerun resumes from train/checkpoints/")
+    if run.remote:
+        storage.Mirror(run.remote, run.dir).pull(only=["student", "train"])
+        if not (run.dir / "student" / "config.json").is_file():
+            raise RuntimeError(f"rank 0 trained on {facts['host']}, but {run.remote}/student has no config.json: "
+                               "its upload failed; the worker's log (distill run --verbose) says why")
     if not (run.dir / "student" / "config.json").is_file():
         raise RuntimeError(f"rank 0 wrote {run.dir / 'student'} on {facts['host']}, but this machine does not see it: "
                            f"{SHARED_STORAGE}")
@@ -74,23 +91,87 @@ def worker_placement(workers: int, accelerator_type: str | None = None):
     if ray.cluster_resources().get("GPU", 0) > 0:
         return ScalingConfig(num_workers=workers, use_gpu=True, resources_per_worker={"CPU": 1, "GPU": 1},
                              accelerator_type=accelerator_type), "nccl"
-    cpus = max(1, int(ray.available_resources().get("CPU", 0)) // workers)
-    return ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}), "gloo"
+    share = max(1, int(ray.available_resources().get("CPU", 0)) // workers)
+    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return ScalingConfig(num_workers=workers, use_gpu=False,
+                         resources_per_worker={"CPU": cpus_per_worker(share, workers, nodes)}), "gloo"
+
+
+def cpus_per_worker(share: int, workers: int, nodes: list[int]) -> int:
+    """At most `share` CPUs (an equal share of the free ones), and few enough that the nodes hold
+    all the workers, each on one node: four 1-CPU nodes have 4 CPUs, and no room for two 2-CPU
+    workers; nodes of 2, 1 and 1 CPUs hold two workers of 1."""
+    for cpus in range(share, 1, -1):
+        if sum(n // cpus for n in nodes) >= workers:
+            return cpus
+    return 1
+
+
+def _run_config(run):
+    """Ray Train's storage: the run's train/ folder (not ~/ray_results), in the bucket for a remote run."""
+    from ray.train import RunConfig
+
+    if not run.remote:
+        return RunConfig(name="ray", storage_path=str(run.dir / "train"))
+    import pyarrow.fs
+
+    fs, path = storage.open_filesystem(storage.join(run.remote, "train"))
+    return RunConfig(name="ray", storage_path=path,
+                     storage_filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
 
 
 def _train_worker(config: dict) -> dict:
-    """One Ray Train worker: the in-process `fit`; rank 0 relays its progress and logs."""
+    """One Ray Train worker: the in-process `fit`; rank 0 relays its progress and logs. For a
+    remote run it trains in its node's copy and pushes what it wrote."""
     import ray.train
 
     from distill.stages.train import fit
 
-    run, relay = config["run"], config["relay"]
-    if not (run.dir / "recipe.resolved.yaml").is_file():
+    run, relay, resume_from = config["run"], config["relay"], config["resume_from"]
+    mirror = None
+    if run.remote:
+        run, resume_from = node_copy(run, resume_from)
+        mirror = storage.Mirror(run.remote, run.dir)
+    elif not (run.dir / "recipe.resolved.yaml").is_file():
         raise RuntimeError(f"{run.dir} does not exist on {socket.gethostname()}: {SHARED_STORAGE}")
     rank0 = ray.train.get_context().get_world_rank() == 0
-    facts = fit(run, config["base"], config["resume_from"], _RemoteBar(relay) if rank0 else None, [],
-                on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None)
+    facts = fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
+                on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None,
+                callbacks=[_PushOnSave(mirror)] if mirror else [])
+    if mirror:
+        mirror.push()  # the last checkpoint; on rank 0 also student/
     return {**facts, "host": socket.gethostname()}
+
+
+def node_copy(run, resume_from: Path | None):
+    """(run, resume_from) in this node's copy of a remote run, with what training reads pulled
+    in: the driver's own copy is on another machine, or at another path."""
+    local = storage.cache_dir(run.remote)
+    storage.Mirror(run.remote, local).pull(only=TRAINING_INPUTS)
+    if not (local / "recipe.resolved.yaml").is_file():
+        raise RuntimeError(f"{run.remote} has no recipe.resolved.yaml on {socket.gethostname()}: the driver has not "
+                           "pushed the run there; check that every node can read the bucket (credentials, endpoint)")
+    if resume_from is not None:
+        resume_from = local / Path(resume_from).relative_to(run.dir)
+    return dataclasses.replace(run, dir=local), resume_from
+
+
+class _PushOnSave:
+    """A TrainerCallback that pushes the node's copy after every checkpoint save, so a crash
+    loses no saved checkpoint. A failed push is logged: the push after training reports it."""
+
+    def __new__(cls, mirror):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                try:
+                    mirror.push()
+                except Exception as e:  # noqa: BLE001 - a network hiccup must not end the training
+                    logging.getLogger(__name__).warning("checkpoint %s not copied to %s yet: %s",
+                                                        state.global_step, mirror.remote, e)
+
+        return Callback()
 
 
 def _absolute(base):

@@ -68,9 +68,10 @@ def test_finish_reason_is_derived_as_vllm_defines_it(completion_tokens, prompt_t
 def test_an_engine_error_becomes_an_error_result():
     backend = object.__new__(vllm_ray.VLLMRayBackend)
     backend.kwargs, backend.eos_ids = {}, {2}
-    out = backend._result({"work_id": "p:1", "__inference_error__": "ValueError: too long"}, {"p:1": 16})
+    out = backend._result({"work_id": "p:1", "__inference_error__": "ValueError: too long", "replica": "actor a"},
+                          {"p:1": 16})
     assert out == {"work_id": "p:1", "text": None, "prompt_tokens": 0, "completion_tokens": 0,
-                   "finish_reason": "error", "error": "ValueError: too long"}
+                   "finish_reason": "error", "error": "ValueError: too long", "replica": "actor a"}
 
 
 def test_a_missing_error_value_from_pandas_is_no_error():
@@ -79,3 +80,63 @@ def test_a_missing_error_value_from_pandas_is_no_error():
     row = {"work_id": "p:0", "text": "x", "prompt_tokens": 3, "completion_tokens": 4, "last_token": 2,
            "error": float("nan"), "__inference_error__": float("nan")}
     assert backend._result(row, {"p:0": 16})["error"] == ""
+
+
+def test_engine_rows_are_tagged_with_the_replica_that_answered(monkeypatch):
+    import asyncio
+
+    from distill.backends import vllm_ray
+
+    class EngineUDF:  # stands in for Ray Data LLM's engine stage: an async generator of rows
+        async def udf(self, batch):
+            for row in batch:
+                yield {"i": row}
+
+    monkeypatch.setattr(vllm_ray, "replica_name", lambda: "actor 1234abcd (pid 7) on node feed0001")
+    tagged = vllm_ray._tagging(EngineUDF)
+
+    async def collect():
+        return [row async for row in tagged().udf([1, 2])]
+
+    assert asyncio.run(collect()) == [{"i": 1, "replica": "actor 1234abcd (pid 7) on node feed0001"},
+                                      {"i": 2, "replica": "actor 1234abcd (pid 7) on node feed0001"}]
+    assert tagged.__name__ == "EngineUDF" and issubclass(tagged, EngineUDF)
+
+    class Processor:
+        stages = {"vLLMEngineStage": type("Stage", (), {"fn": EngineUDF})()}
+
+    processor = Processor()
+    assert vllm_ray.tag_replicas(processor) and issubclass(processor.stages["vLLMEngineStage"].fn, EngineUDF)
+    assert processor.stages["vLLMEngineStage"].fn is not EngineUDF
+    assert not vllm_ray.tag_replicas(type("Other", (), {"stages": {}})())
+
+
+def test_tagging_a_real_processor_keeps_its_engine_on_cpus(tmp_path):
+    """The engine stage's resources as Ray Data LLM resolved them survive the swap (re-validating
+    the stage would lose its placement group and ask for a GPU)."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from distill.backends import vllm_ray
+
+    config = vLLMEngineProcessorConfig(model_source=str(tmp_path), engine_kwargs={}, concurrency=2, batch_size=4,
+                                       placement_group_config={"bundles": [{"CPU": 1}]}, tokenize_stage=False,
+                                       detokenize_stage=False, chat_template_stage={"num_cpus": 0.25})
+    processor = build_processor(config)
+    stage = processor.stages[vllm_ray.ENGINE_STAGE]
+    before = dict(stage.map_batches_kwargs)
+    assert vllm_ray.tag_replicas(processor)
+    assert stage.map_batches_kwargs == before and "num_gpus" not in before and before["num_cpus"] == 1
+    assert stage.fn.__mro__[1].__module__.startswith("ray.llm")
+
+
+def test_custom_resources_per_replica_go_into_its_placement():
+    backend = object.__new__(vllm_ray.VLLMRayBackend)
+    backend.cpus_per_replica, backend.resources_per_replica = 2, {"worker": 1}
+    backend.kwargs = {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}
+    assert backend._placement(gpu=False) == {"bundles": [{"CPU": 2, "worker": 1}]}
+    bundles = backend._placement(gpu=True)["bundles"]
+    assert len(bundles) == 8 and all(b["GPU"] == 1 for b in bundles)  # a GPU per TP x PP worker
+    assert [b.get("worker", 0) for b in bundles] == [1] + [0] * 7  # counted once per replica
+    backend.resources_per_replica = {}
+    assert backend._placement(gpu=True) is None  # Ray Data LLM's own bundles
+    assert backend._placement(gpu=False) == {"bundles": [{"CPU": 2}]}

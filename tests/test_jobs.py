@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,10 +23,10 @@ import distill
 from distill import jobs
 from distill.cli import app
 
+import localcluster
 from conftest import write_tiny_teacher
+from localcluster import LOCAL_SH, ROOT, distill_cli, job_status
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL_SH = ROOT / "cluster" / "local.sh"
 runner = CliRunner()
 
 
@@ -166,10 +162,61 @@ def test_without_output_dir_the_run_goes_where_distill_run_would_put_it(fake, tm
     assert job["entrypoint"] == "python -m distill.cli run recipe.yaml"
 
 
-def test_a_bucket_uri_as_output_dir_is_refused_with_what_to_do(fake, tmp_path):
-    out = runner.invoke(app, ["submit", str(write_recipe(tmp_path)), "--address", "x:1", "--output-dir", "s3://b/runs"])
-    assert out.exit_code == 2 and "mount the bucket" in out.output
+def test_a_bucket_as_output_dir_goes_to_the_job_as_it_is(fake, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, ["submit", str(write_recipe(tmp_path / "recipe")), "--address", "x:1",
+                              "--output-dir", "s3://b/runs/"])
+    assert out.exit_code == 0, out.output
+    [job] = fake.submitted
+    assert job["sent_recipe"]["output_dir"] == "s3://b/runs"
+    assert re.fullmatch(r"s3://b/runs/jobs-unit/[0-9a-f]{12}", job["metadata"]["distill_run_dir"])
+    assert job["files"] == ["data/questions.jsonl", "recipe.yaml"]
+
+
+@pytest.mark.parametrize("output_dir, why", [
+    ("memory://runs", "lives in one process's memory"),
+    ("https://example.org/runs", "cannot write to them"),
+    ("nosuch://b/runs", "fsspec knows no protocol 'nosuch'"),
+])
+def test_an_output_dir_no_run_can_live_in_is_refused_with_what_to_do(fake, tmp_path, output_dir, why):
+    out = runner.invoke(app, ["submit", str(write_recipe(tmp_path)), "--address", "x:1", "--output-dir", output_dir])
+    assert out.exit_code == 2, out.output
+    assert why in out.output and "s3://BUCKET/runs" in out.output
     assert not fake.submitted
+
+
+def test_env_sends_the_named_variables_and_never_shows_their_values(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-1")
+    monkeypatch.setenv("DISTILL_LINEAGE_URL", "postgresql://u:pw-secret-2@db/lineage")
+    monkeypatch.setenv("HF_TOKEN", "hf-secret-3")
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, ["submit", str(write_recipe(tmp_path / "recipe")), "--address", "x:1",
+                              "--env", "WANDB_API_KEY", "--env", "DISTILL_LINEAGE_URL"])
+    assert out.exit_code == 0, out.output
+    [job] = fake.submitted
+    from distill.lineage import code_version
+
+    assert job["runtime_env"]["env_vars"] == {"WANDB_API_KEY": "wandb-secret-1",
+                                              "DISTILL_LINEAGE_URL": "postgresql://u:pw-secret-2@db/lineage",
+                                              "DISTILL_CODE_VERSION": code_version()}
+    # HF_TOKEN is set here but was not named: one line says how to send it, without its value.
+    assert "HF_TOKEN is set here but not sent with the job; add --env HF_TOKEN" in out.output
+    assert "WANDB_API_KEY is set here" not in out.output
+    assert not any(secret in out.output for secret in ("wandb-secret-1", "pw-secret-2", "hf-secret-3"))
+
+
+def test_env_refuses_an_unset_or_reserved_name_before_anything_is_sent(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("DISTILL_TEST_UNSET", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    path = str(write_recipe(tmp_path))
+    out = runner.invoke(app, ["submit", path, "--env", "DISTILL_TEST_UNSET"])
+    assert out.exit_code == 2
+    assert "--env DISTILL_TEST_UNSET: not set in your environment; export it first" in out.output
+    out = runner.invoke(app, ["submit", path, "--env", "RAY_ADDRESS", "--env", "HF_TOKEN=abc"])
+    assert out.exit_code == 2
+    assert "--env RAY_ADDRESS: not sent, Ray sets it for the job's driver" in out.output
+    assert "--env HF_TOKEN=...: give the name alone (--env HF_TOKEN)" in out.output and "abc" not in out.output
+    assert not fake.submitted and fake.made == 0
 
 
 def test_files_named_outside_the_recipe_folder_are_refused(fake, tmp_path):
@@ -250,65 +297,23 @@ def test_the_rayjob_manifest_runs_a_recipe_on_a_gpu_cluster_and_shuts_it_down():
 def test_local_sh_says_how_to_use_it(tmp_path):
     env = {**os.environ, "DISTILL_LOCAL_RAY_DIR": str(tmp_path)}
     usage = subprocess.run(["bash", str(LOCAL_SH)], env=env, capture_output=True, text=True, timeout=60)
-    assert usage.returncode == 2 and "start [WORKERS] | stop | status" in usage.stderr
+    assert usage.returncode == 2 and "start [WORKERS] | stop | stop-node NAME | status" in usage.stderr
     status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "no local cluster recorded" in status.stdout
+    head = subprocess.run(["bash", str(LOCAL_SH), "stop-node", "head"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert head.returncode == 2 and "takes a worker's name" in head.stderr  # `stop` ends the whole cluster
+    missing = subprocess.run(["bash", str(LOCAL_SH), "stop-node", "w1"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 1 and "no node w1 recorded" in missing.stderr
 
 
 # On a real cluster: cluster/local.sh's head and one worker on loopback.
 
-def _free_base_port(offsets: tuple[int, ...]) -> int:
-    """A port p such that p + each offset is free (Ray binds several ports near the ones given)."""
-    for _ in range(500):
-        base = random.randint(20000, 30000)  # below Linux's ephemeral range, above Ray's worker ports
-        try:
-            for offset in offsets:
-                with socket.socket() as s:
-                    s.bind(("", base + offset))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
-
-
 @pytest.fixture(scope="module")
 def local_cluster():
-    # A short state path: Ray's socket paths under it must stay within the 107 bytes Unix allows.
-    state = Path(tempfile.mkdtemp(prefix="dj-", dir="/tmp"))
-    env = {**os.environ, "DISTILL_LOCAL_RAY_DIR": str(state), "DISTILL_LOCAL_RAY_BIN": str(Path(sys.executable).parent),
-           "DISTILL_LOCAL_RAY_PORT": str(_free_base_port((0, 1))),
-           "DISTILL_LOCAL_RAY_DASHBOARD_PORT": str(_free_base_port((0, 100, 101)))}
-    env.pop("RAY_ADDRESS", None)
-    groups: list[int] = []
-    try:
-        started = subprocess.run(["bash", str(LOCAL_SH), "start", "1"], env=env, capture_output=True, text=True,
-                                 timeout=600)
-        groups = [int(p.read_text()) for p in state.glob("*.pid")]
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert len(groups) == 2  # a head and a worker, each its own process group
-        address = re.search(r"RAY_ADDRESS=(\S+)", started.stdout).group(1)
-        status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=env, capture_output=True, text=True, timeout=120)
-        assert "node_head" in status.stdout and "node_w1" in status.stdout, status.stdout + status.stderr
-        yield {"address": address, "env": {**env, "RAY_ADDRESS": address}}
-    finally:
-        subprocess.run(["bash", str(LOCAL_SH), "stop"], env=env, capture_output=True, timeout=300)
-        left = [g for g in groups if _group_alive(g)]
-        if not left:
-            shutil.rmtree(state, ignore_errors=True)
-        assert not left, f"process groups still alive after local.sh stop: {left}"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def distill_cli(*args, env, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    with localcluster.local_cluster(workers=1) as cluster:
+        yield cluster
 
 
 def tiny_recipe(folder: Path, model_dir: Path, name: str) -> Path:
@@ -327,12 +332,6 @@ def tiny_recipe(folder: Path, model_dir: Path, name: str) -> Path:
         "tracking": {"wandb": "disabled"},
     }))
     return path
-
-
-def job_status(job_id: str, env) -> str:
-    out = distill_cli("status", job_id, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return re.search(r"^status: (\w+)$", out.stdout, re.M).group(1)
 
 
 @pytest.mark.slow

@@ -16,8 +16,7 @@ from distill.teachers import Teacher, model_path
 
 NAME = "vllm-ray-data"
 LIGHT_STAGE_CPUS = 0.25
-
-
+ENGINE_STAGE = "vLLMEngineStage"
 
 
 def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -78,8 +77,48 @@ def _postprocess(row: dict) -> dict:
         "prompt_tokens": int(row.get("num_input_tokens") or 0),
         "completion_tokens": int(row.get("num_generated_tokens") or 0),
         "last_token": int(tokens[-1]) if tokens is not None and len(tokens) else -1,
+        "replica": row.get("replica") or "",
         "error": "",
     }
+
+
+def replica_name() -> str:
+    """Which engine answered: its Ray actor, the actor's process and its node. A replica Ray
+    restarts after a crash keeps its actor id and gets a new process id, so a replacement
+    shows up as a second process under the same actor."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return f"actor {(ctx.get_actor_id() or 'none')[:8]} (pid {os.getpid()}) on node {ctx.get_node_id()[:8]}"
+
+
+def _tagging(udf_class):
+    """The engine stage's UDF, with each output row tagged by `replica_name()`: Ray Data LLM's
+    rows say nothing of the actor that made them, and the lineage should."""
+
+    class ReplicaTagged(udf_class):
+        async def udf(self, batch):
+            replica = replica_name()
+            async for row in super().udf(batch):
+                yield {**row, "replica": replica}
+
+    ReplicaTagged.__name__ = ReplicaTagged.__qualname__ = udf_class.__name__  # Ray Data names operators by it
+    return ReplicaTagged
+
+
+def tag_replicas(processor) -> bool:
+    """Swaps the processor's vLLM engine stage for the tagging one; False (rows untagged, with a
+    debug log) when this Ray Data LLM has no such stage."""
+    stage = getattr(processor, "stages", {}).get(ENGINE_STAGE)
+    if stage is None:
+        logging.getLogger(__name__).debug("no %s in this Ray Data LLM: samples do not record their replica",
+                                          ENGINE_STAGE)
+        return False
+    # Set past pydantic: assigning the field would run the stage's validators again, and the
+    # second run no longer finds the placement group config the first one took out (the
+    # engine would then ask for a GPU).
+    object.__setattr__(stage, "fn", _tagging(stage.fn))
+    return True
 
 
 class VLLMRayBackend:
@@ -89,16 +128,29 @@ class VLLMRayBackend:
 
     def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
                  cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16,
-                 quiet: bool = True):
+                 quiet: bool = True, resources_per_replica: dict[str, float] | None = None):
         self.teacher = teacher
         self.model = model_path(teacher)
         self.kwargs = engine_kwargs(teacher, engine_overrides, seed)
         self.replicas = replicas
         self.cpus_per_replica = cpus_per_replica
+        self.resources_per_replica = dict(resources_per_replica or {})
         self.accelerator_type = accelerator_type
         self.batch_size = batch_size
         self.quiet = quiet
         self.eos_ids = _eos_ids(self.model)
+
+    def _placement(self, gpu: bool) -> dict | None:
+        """On CPU one bundle per replica: its CPUs and custom resources. On GPU, Ray Data LLM's own
+        bundles (a GPU per tensor x pipeline worker) unless custom resources are asked for: then
+        those bundles, the first also holding the custom resources (they count per replica)."""
+        if gpu:
+            if not self.resources_per_replica:
+                return None
+            workers = self.kwargs["tensor_parallel_size"] * self.kwargs["pipeline_parallel_size"]
+            return {"bundles": [{"GPU": 1, "CPU": 1, **self.resources_per_replica}]
+                    + [{"GPU": 1, "CPU": 1} for _ in range(workers - 1)]}
+        return {"bundles": [{"CPU": self.cpus_per_replica, **self.resources_per_replica}]}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs}
@@ -116,12 +168,14 @@ class VLLMRayBackend:
         config = vLLMEngineProcessorConfig(
             model_source=self.model,
             engine_kwargs=self.kwargs,
-            concurrency=self.replicas,
+            # (n, n): a fixed pool of n replicas. A bare n is a pool that starts with one and
+            # scales up on Ray Data's own judgement; the recipe asked for n.
+            concurrency=(self.replicas, self.replicas),
             batch_size=self.batch_size,
             accelerator_type=self.accelerator_type if gpu else None,
             # On CPU a replica is a plain actor with CPUs; on GPU Ray Data LLM reserves
             # tensor_parallel x pipeline_parallel GPUs per replica itself.
-            placement_group_config=None if gpu else {"bundles": [{"CPU": self.cpus_per_replica}]},
+            placement_group_config=self._placement(gpu),
             should_continue_on_error=True,
             log_engine_metrics=False,  # needs ray[serve]; distill records its own counts
             tokenize_stage=False,  # vLLM tokenizes; one actor pool fewer on small machines
@@ -138,6 +192,7 @@ class VLLMRayBackend:
             preprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
             postprocess_map_kwargs={"num_cpus": LIGHT_STAGE_CPUS},
         )
+        tag_replicas(processor)
         if self.quiet:  # Ray Data sets its own log level when first used: quieten it here
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         blocks = max(1, len(requests) // self.batch_size)
@@ -151,7 +206,7 @@ class VLLMRayBackend:
         error = next((e for e in (row.get("__inference_error__"), row.get("error")) if isinstance(e, str) and e), "")
         if error:  # error rows skip the postprocess and keep the request's columns
             return {"work_id": row["work_id"], "text": None, "prompt_tokens": 0, "completion_tokens": 0,
-                    "finish_reason": "error", "error": str(error)}
+                    "finish_reason": "error", "error": str(error), "replica": _text(row.get("replica"))}
         n = int(row["completion_tokens"])
         # Ray Data LLM's output has no finish reason; derive it as vLLM defines it:
         # "length" when the token budget ran out before an end-of-sequence token.
@@ -160,7 +215,11 @@ class VLLMRayBackend:
             hit_budget = hit_budget or int(row["prompt_tokens"]) + n >= max_model_len
         finish = "length" if hit_budget and int(row["last_token"]) not in self.eos_ids else "stop"
         return {"work_id": row["work_id"], "text": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
-                "completion_tokens": n, "finish_reason": finish, "error": ""}
+                "completion_tokens": n, "finish_reason": finish, "error": "", "replica": _text(row.get("replica"))}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None  # pandas gives NaN for a missing string
 
 
 def _vllm_version() -> str:

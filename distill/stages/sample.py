@@ -48,6 +48,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("backend", pa.string()),
     ("backend_version", pa.string()),
     ("engine_args", pa.string()),  # JSON: the engine's arguments as the backend resolved them
+    ("replica", pa.string()),  # the engine replica that generated it (Ray actor, process, node); null if unknown
     ("sample_index", pa.int32()),
     ("seed", pa.int64()),
     ("sampling_params", pa.string()),  # JSON: every parameter the engine received
@@ -190,7 +191,7 @@ def _passes(run, backend, info, prompts, work, side, summary, progress, round_: 
         if not pending:
             break
         record = {"round": round_, "attempt": attempt, "requested": len(pending), "answered": 0, "duplicates": 0,
-                  "error": None, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                  "replicas": {}, "error": None, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         before = len(answered)
         try:
             _generate(run, backend, info, prompts, pending, summary, progress, with_models, side_ids, answered, record)
@@ -231,6 +232,9 @@ def _generate(run, backend, info, prompts, work, summary, progress, with_models:
         fresh = [r for r in results if r["work_id"] not in answered and r["work_id"] in requests]
         record["duplicates"] += len(results) - len(fresh)
         answered.update(r["work_id"] for r in fresh)
+        for r in fresh:  # which engine replicas answered this pass, and how much
+            name = r.get("replica") or "unknown"
+            record["replicas"][name] = record["replicas"].get(name, 0) + 1
         results = fresh
         if side_ids:
             summary.side_results.extend(r for r in results if r["work_id"] in side_ids)
@@ -366,6 +370,7 @@ def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict
         "backend": info["backend"],
         "backend_version": info["version"],
         "engine_args": json.dumps(info.get("engine_args", {}), sort_keys=True),
+        "replica": result.get("replica"),
         "sample_index": int(index),
         "seed": params["seed"],
         "sampling_params": json.dumps(params, sort_keys=True),

@@ -11,7 +11,8 @@ CPU slots, gloo) and every worker runs the same `fit` below. HF's Trainer finds 
 group Ray Train set up, so it wraps the model in DDP (or DeepSpeed ZeRO-2/3 from
 `train.deepspeed_stage`) and its sampler deals each rank its own share of the rows; every rank
 reads the dataset from the run directory, and checkpoints go to the same `train/checkpoints/`,
-which must be storage every worker sees (NFS, or one machine). Rank 0 writes `student/`; the
+which must be storage every worker sees (NFS, or one machine), or a bucket output_dir, whose
+files each node copies in and out (distill/train_ray.py). Rank 0 writes `student/`; the
 driver writes `train/summary.json`, with the world size, the backend and what each rank trained on.
 """
 
@@ -271,10 +272,11 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
 
 
 def fit(run, base: BaseModel, resume_from: Path | None, progress=None, report_to: list[str] = (),
-        on_log=None) -> dict:
+        on_log=None, callbacks: list = ()) -> dict:
     """Builds the SFTTrainer and trains: the whole stage in this process, or one rank of a Ray
     Train worker group (the Trainer joins the process group it finds). Every rank calls this;
-    rank 0 writes student/. Returns what the summary needs (meaningful on rank 0)."""
+    rank 0 writes student/. `callbacks` are more TrainerCallbacks (a Ray worker's copy of a
+    remote run pushes each checkpoint with one). Returns what the summary needs (meaningful on rank 0)."""
     if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
         os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, imported by transformers, warns that it guessed
     import gc
@@ -303,7 +305,7 @@ def fit(run, base: BaseModel, resume_from: Path | None, progress=None, report_to
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
-        callbacks=[_Progress(progress, on_log)],
+        callbacks=[_Progress(progress, on_log), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
     tally = _ShardTally()
@@ -314,7 +316,7 @@ def fit(run, base: BaseModel, resume_from: Path | None, progress=None, report_to
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.time() - started
 
-    shard = {"rank": trainer.args.process_index}
+    shard = {"rank": trainer.args.process_index, **_ray_node()}
     if counted:
         shard.update(rows=tally.rows, tokens=tally.tokens, digest=f"{tally.digest:016x}")
     shards, backend = [shard], None
@@ -337,6 +339,16 @@ def fit(run, base: BaseModel, resume_from: Path | None, progress=None, report_to
     del trainer, model  # the evaluate stage's engines want this memory back
     gc.collect()
     return facts
+
+
+def _ray_node() -> dict:
+    """{"node": the Ray node this rank ran on} inside a Ray Train worker, else {}."""
+    import sys
+
+    ray = sys.modules.get("ray")  # loaded by Ray's workers; a plain in-process run never imports it
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"node": ray.get_runtime_context().get_node_id()[:8]}
 
 
 def _save_student(trainer, tokenizer, run, base: BaseModel) -> None:

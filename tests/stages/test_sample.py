@@ -164,3 +164,46 @@ def test_a_recipe_changed_after_sampling_reuses_the_samples(recipe, tmp_path):
     again = FakeBackend()
     _, summaries = run_pipeline(load_recipe(tmp_path / "r.yaml"), until="dataset", backend=again)
     assert summaries["sample"].reused_from is None and len(again.seen) == 12
+
+
+class TwoReplicas(FakeBackend):
+    """Answers alternate batches from two engine replicas; the second one's process is replaced
+    after its first batch, as Ray restarts a replica whose process died."""
+
+    def generate(self, requests):
+        names = ["actor aaaa1111 (pid 10) on node n1", "actor bbbb2222 (pid 20) on node n2",
+                 "actor aaaa1111 (pid 10) on node n1", "actor bbbb2222 (pid 21) on node n1"]
+        for i, batch in enumerate(super().generate(requests)):
+            yield [{**r, "replica": names[min(i, 3)]} for r in batch]
+
+
+def test_each_sample_records_the_replica_that_made_it(recipe):
+    run, _ = run_pipeline(recipe, until="sample", backend=TwoReplicas(batch_size=3))
+    rows = read_samples(run.dir, ["prompt_id", "sample_index", "replica"]).to_pylist()
+    by_replica: dict = {}
+    for r in rows:
+        by_replica[r["replica"]] = by_replica.get(r["replica"], 0) + 1
+    assert by_replica == {"actor aaaa1111 (pid 10) on node n1": 6, "actor bbbb2222 (pid 20) on node n2": 3,
+                          "actor bbbb2222 (pid 21) on node n1": 3}
+    [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
+    assert attempt["replicas"] == by_replica
+
+    from distill.lineage_store import open_store, read_run_dir
+
+    samples = next(a for a in read_run_dir(run.dir).artifacts.values() if a["kind"] == "samples")
+    assert samples["attrs"]["replicas"] == by_replica
+    from distill.report import build_report
+
+    page = build_report(run.dir).read_text()
+    assert "<h2>Replicas</h2>" in page
+    assert "2 engine replicas shared the prompt stream; 1 replica process died" in page
+
+
+def test_a_backend_that_does_not_name_its_replica_leaves_it_null(recipe):
+    run, _ = run_pipeline(recipe, until="sample", backend=FakeBackend())
+    assert set(read_samples(run.dir, ["replica"])["replica"].to_pylist()) == {None}
+    [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
+    assert attempt["replicas"] == {"unknown": 12}
+    from distill.report import build_report
+
+    assert "<h2>Replicas</h2>" not in build_report(run.dir).read_text()

@@ -229,19 +229,24 @@ def test_last_checkpoint_passes_over_one_a_kill_cut_short(tmp_path):
     assert last_checkpoint(tmp_path / "none-yet") is None
 
 
-@pytest.mark.parametrize("resources, expected", [
-    ({"CPU": 8.0}, ({"CPU": 4}, False, "gloo")),
-    ({"CPU": 3.0}, ({"CPU": 1}, False, "gloo")),
-    ({"CPU": 0.0}, ({"CPU": 1}, False, "gloo")),  # busy: the workers wait for a slot, never ask for 0
-    ({"CPU": 64.0, "GPU": 8.0}, ({"CPU": 1, "GPU": 1}, True, "nccl")),
+@pytest.mark.parametrize("resources, nodes, expected", [
+    ({"CPU": 8.0}, [8.0], ({"CPU": 4}, False, "gloo")),
+    ({"CPU": 3.0}, [3.0], ({"CPU": 1}, False, "gloo")),
+    ({"CPU": 0.0}, [2.0], ({"CPU": 1}, False, "gloo")),  # busy: the workers wait for a slot, never ask for 0
+    ({"CPU": 4.0}, [1.0, 1.0, 1.0, 1.0], ({"CPU": 1}, False, "gloo")),  # no node has room for 2
+    ({"CPU": 4.0}, [2.0, 1.0, 1.0], ({"CPU": 1}, False, "gloo")),  # one node has room for 2: not both workers
+    ({"CPU": 8.0}, [4.0, 2.0, 2.0], ({"CPU": 2}, False, "gloo")),  # 4 would fit one worker only
+    ({"CPU": 64.0, "GPU": 8.0}, [64.0], ({"CPU": 1, "GPU": 1}, True, "nccl")),
 ])
-def test_workers_get_a_gpu_each_or_a_share_of_the_cpus(monkeypatch, resources, expected):
+def test_workers_get_a_gpu_each_or_a_share_of_the_cpus(monkeypatch, resources, nodes, expected):
     import ray
 
     from distill.train_ray import worker_placement
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     monkeypatch.setattr(ray, "available_resources", lambda: resources)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": c}} for c in nodes]
+                        + [{"Alive": False, "Resources": {"CPU": 96.0}}])  # a dead node offers nothing
     scaling, backend = worker_placement(2, accelerator_type="A100" if "GPU" in resources else None)
     assert (scaling.resources_per_worker, scaling.use_gpu, backend) == expected
     assert scaling.num_workers == 2
@@ -272,3 +277,56 @@ def test_deepspeed_zero3_on_two_gpu_workers(tmp_path, tiny_model, monkeypatch):
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in base.parameters())
     assert json.loads((run.dir / "student" / "distill.json").read_text())["params_b"] > 0
+
+
+def test_a_worker_trains_in_its_nodes_copy_of_a_bucket_run_and_pushes_what_it_saves(tmp_path, tiny_model,
+                                                                                    monkeypatch, s3_bucket):
+    """_train_worker on a node that has none of the driver's copy: it pulls what training reads,
+    pushes each checkpoint when the trainer saves it, and student/ when done. `fit` and Ray's
+    worker context are faked: the real ones train for minutes (the slow tests above)."""
+    from types import SimpleNamespace
+
+    import fsspec
+    import ray.train
+
+    import distill.stages.train
+    from distill.storage import Mirror
+    from distill.train_ray import _train_worker
+
+    monkeypatch.chdir(tmp_path)
+    path = student_recipe(tmp_path, tiny_model, workers=2)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "output_dir": f"{s3_bucket}/runs"}))
+    run = open_run(load_recipe(path))
+    (run.dir / "dataset").mkdir()
+    (run.dir / "dataset" / "train.parquet").write_text("rows")
+    Mirror(run.remote, run.dir).push()  # as fit_on_ray does before starting the workers
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "worker-node"))  # another machine
+    fs = fsspec.filesystem("s3")
+    remote = run.remote[len("s3://"):]
+    seen = {}
+
+    def fit(node_run, base, resume_from, progress, report_to, on_log=None, callbacks=()):
+        seen["dir"], seen["dataset"] = node_run.dir, (node_run.dir / "dataset" / "train.parquet").read_text()
+        checkpoint = node_run.dir / "train" / "checkpoints" / "checkpoint-4"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_text("weights")
+        (checkpoint / "trainer_state.json").write_text("{}")
+        for callback in callbacks:
+            callback.on_save(None, SimpleNamespace(global_step=4), None)
+        seen["after_save"] = sorted(p[len(remote) + 1:] for p in fs.find(f"{remote}/train"))
+        (node_run.dir / "student").mkdir()
+        (node_run.dir / "student" / "config.json").write_text("{}")
+        return {"steps": 4}
+
+    monkeypatch.setattr(distill.stages.train, "fit", fit)
+    monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(get_world_rank=lambda: 0))
+    facts = _train_worker({"run": run, "base": None, "resume_from": None, "relay": None})
+
+    assert facts["steps"] == 4 and facts["host"]
+    assert seen["dir"] == tmp_path / "worker-node" / "s3" / "distill-test" / "runs" / run.recipe.name / run.id
+    assert seen["dataset"] == "rows"
+    assert seen["after_save"] == ["train/checkpoints/checkpoint-4/model.safetensors",
+                                  "train/checkpoints/checkpoint-4/trainer_state.json"]
+    fs.invalidate_cache()
+    assert fs.cat(f"{remote}/student/config.json") == b"{}"  # the driver pulls it from there
+    assert not (run.dir / "student").exists()  # the driver's own copy is untouched until it pulls
