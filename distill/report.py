@@ -160,7 +160,8 @@ def replicas_html(attempts: list[dict]) -> str | None:
         actor = re.match(r"(actor \S+)", name)
         processes.setdefault(actor.group(1) if actor else name, []).append(name)
     replaced = sum(len(p) - 1 for p in processes.values())
-    text = (f"<p>{len(processes)} engine replicas shared the prompt stream"
+    text = (f"<p>{len(processes)} engine replica{'s' if len(processes) > 1 else ''} "
+            f"{'shared' if len(processes) > 1 else 'served'} the prompt stream"
             + (f"; {replaced} replica process{'es' if replaced > 1 else ''} died and Ray started "
                f"{'replacements' if replaced > 1 else 'a replacement'} (same actor, a new process), "
                "whose unfinished batches were redone" if replaced else "")
