@@ -203,6 +203,7 @@ def build_report(run_dir: Path) -> Path:
         n = yaml.safe_load(resolved_file.read_text())["recipe"]["sampling"]["n"]
     from distill.stages.filter import read_filter_summary
     from distill.stages.sample import read_attempts, round_stats
+    attempts = read_attempts(run_dir)
     kept = [s["completion_tokens"] for s in samples if s["accepted"]]
     rejected = [s["completion_tokens"] for s in samples if not s["accepted"] and not s["error"]]
     per_verifier = (manifest or {}).get("verifiers", {})
@@ -211,8 +212,8 @@ def build_report(run_dir: Path) -> Path:
         ("Verifiers", plot_accept_rates(per_verifier), "no samples verified yet"),
         ("Sampling rounds", plot_rounds(round_stats(table, n)), None),
         ("Prompts that never passed", never_passed_html(run_dir, table, n), None),
-        ("Retried", retries_html(read_attempts(run_dir)), None),
-        ("Replicas", replicas_html(read_attempts(run_dir)), None),
+        ("Retried", retries_html(attempts), None),
+        ("Replicas", replicas_html(attempts), None),
         ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
         ("Filters", filters_html(read_filter_summary(run_dir)), "no filter ran"),
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),

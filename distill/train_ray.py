@@ -137,7 +137,7 @@ def _train_worker(config: dict) -> dict:
     rank0 = ray.train.get_context().get_world_rank() == 0
     facts = fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
                 on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None,
-                callbacks=[_PushOnSave(mirror)] if mirror else [])
+                callbacks=[_push_on_save(mirror)] if mirror else [])
     if mirror:
         mirror.push()  # the last checkpoint; on rank 0 also student/
     return {**facts, "host": socket.gethostname()}
@@ -156,22 +156,20 @@ def node_copy(run, resume_from: Path | None):
     return dataclasses.replace(run, dir=local), resume_from
 
 
-class _PushOnSave:
+def _push_on_save(mirror):
     """A TrainerCallback that pushes the node's copy after every checkpoint save, so a crash
     loses no saved checkpoint. A failed push is logged: the push after training reports it."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, mirror):
-        from transformers import TrainerCallback
+    class PushOnSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            try:
+                mirror.push()
+            except Exception as e:  # noqa: BLE001 - a network hiccup must not end the training
+                logging.getLogger(__name__).warning("checkpoint %s not copied to %s yet: %s",
+                                                    state.global_step, mirror.remote, e)
 
-        class Callback(TrainerCallback):
-            def on_save(self, args, state, control, **kw):
-                try:
-                    mirror.push()
-                except Exception as e:  # noqa: BLE001 - a network hiccup must not end the training
-                    logging.getLogger(__name__).warning("checkpoint %s not copied to %s yet: %s",
-                                                        state.global_step, mirror.remote, e)
-
-        return Callback()
+    return PushOnSave()
 
 
 def _absolute(base):
