@@ -68,7 +68,9 @@ def side(env: dict, work: Path, replicas: int, args) -> dict:
         "sampling": {"n": args.n, "temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens, "seed": 0,
                      "batch_size": 16},
         "verifiers": [{"name": "final-number"}],
-        "cluster": {"replicas": replicas, "cpus_per_replica": 1},
+        # The first prompt waits for every engine: otherwise, on a small machine, the second engine
+        # may still be starting when the first has answered everything.
+        "cluster": {"replicas": replicas, "cpus_per_replica": 1, "wait_for_replicas_s": 900},
         "tracking": {"wandb": "disabled"},
     }))
     sent = distill(env, folder, "submit", "recipe.yaml", "--output-dir", str(folder / "runs"), "--until", "sample")

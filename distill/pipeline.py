@@ -78,7 +78,7 @@ def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None):
     return VLLMRayBackend(
         model or run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
         cpus_per_replica=c.cpus_per_replica, resources_per_replica=c.resources_per_replica,
-        accelerator_type=c.accelerator_type,
+        accelerator_type=c.accelerator_type, wait_for_replicas_s=c.wait_for_replicas_s,
         batch_size=run.recipe.sampling.batch_size, quiet=not verbose,
     )
 

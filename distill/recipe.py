@@ -173,6 +173,10 @@ class Cluster(Section):
     # that offer them (e.g. {"teacher_node": 1} where only the big nodes are started with it).
     resources_per_replica: dict[str, float] = {}
     accelerator_type: str | None = None
+    # Seconds to wait for every replica to start before the first prompt is sent; the run fails
+    # if they do not (the cluster cannot hold them). None: work starts on the first engine up,
+    # and the others join as they come (on a busy machine they may come after the work is done).
+    wait_for_replicas_s: float | None = Field(None, gt=0)
 
 
 class Recipe(Section):

@@ -140,3 +140,26 @@ def test_custom_resources_per_replica_go_into_its_placement():
     backend.resources_per_replica = {}
     assert backend._placement(gpu=True) is None  # Ray Data LLM's own bundles
     assert backend._placement(gpu=False) == {"bundles": [{"CPU": 2}]}
+
+
+def test_replicas_that_cannot_all_start_in_time_fail_the_run_with_what_to_change(tiny_model, tmp_path, monkeypatch):
+    """cluster.wait_for_replicas_s: Ray Data waits for the whole engine pool, and a cluster that
+    cannot hold it ends the run with a message naming the setting (not a bare Ray timeout)."""
+    import ray
+
+    from conftest import write_tiny_teacher
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    teacher = load_teacher(str(write_tiny_teacher(tmp_path / "tiny.yaml", tiny_model)))
+    # Each engine asks for a resource no node has: the pool can never start.
+    backend = vllm_ray.VLLMRayBackend(teacher, {}, seed=0, replicas=2, resources_per_replica={"absent_node": 1},
+                                      wait_for_replicas_s=2, batch_size=2)
+    requests = [{"work_id": f"w{i}", "messages": [{"role": "user", "content": "1+1?"}],
+                 "sampling_params": {"max_tokens": 4, "temperature": 0.0}} for i in range(4)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(vllm_ray.ReplicasDidNotStart, match=r"2 engine replicas .* within cluster.wait_for_replicas_s=2 s.*absent_node"):
+            list(backend.generate(requests))
+        assert ray.data.DataContext.get_current().wait_for_min_actors_s == 2
+    finally:
+        ray.shutdown()

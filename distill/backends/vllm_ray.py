@@ -8,6 +8,7 @@ restart of an actor whose engine died, and error rows instead of a dead job.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Iterator
 
@@ -121,6 +122,10 @@ def tag_replicas(processor) -> bool:
     return True
 
 
+class ReplicasDidNotStart(RuntimeError):
+    """cluster.wait_for_replicas_s passed before every engine replica was up."""
+
+
 class VLLMRayBackend:
     """Generates one completion per request row; yields batches of result rows as they finish."""
 
@@ -128,7 +133,8 @@ class VLLMRayBackend:
 
     def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
                  cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16,
-                 quiet: bool = True, resources_per_replica: dict[str, float] | None = None):
+                 quiet: bool = True, resources_per_replica: dict[str, float] | None = None,
+                 wait_for_replicas_s: float | None = None):
         self.teacher = teacher
         self.model = model_path(teacher)
         self.kwargs = engine_kwargs(teacher, engine_overrides, seed)
@@ -136,6 +142,7 @@ class VLLMRayBackend:
         self.cpus_per_replica = cpus_per_replica
         self.resources_per_replica = dict(resources_per_replica or {})
         self.accelerator_type = accelerator_type
+        self.wait_for_replicas_s = wait_for_replicas_s
         self.batch_size = batch_size
         self.quiet = quiet
         self.eos_ids = _eos_ids(self.model)
@@ -164,6 +171,9 @@ class VLLMRayBackend:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # distill shows its own progress
         ctx.enable_operator_progress_bars = False
+        # Ray Data waits for a pool's minimum actors at operator start when this is positive
+        # (and raises on timeout); -1, its default, starts work on the first actor ready.
+        ctx.wait_for_min_actors_s = math.ceil(self.wait_for_replicas_s) if self.wait_for_replicas_s else -1
         gpu = has_cuda()
         config = vLLMEngineProcessorConfig(
             model_source=self.model,
@@ -198,8 +208,26 @@ class VLLMRayBackend:
         blocks = max(1, len(requests) // self.batch_size)
         ds = processor(ray.data.from_items(requests, override_num_blocks=blocks))
         max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
-        for batch in ds.iter_batches(batch_size=self.batch_size, batch_format="pandas"):
+        batches = iter(ds.iter_batches(batch_size=self.batch_size, batch_format="pandas"))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ray.exceptions.GetTimeoutError as e:
+                if not self.wait_for_replicas_s:
+                    raise
+                raise ReplicasDidNotStart(self._not_started(gpu)) from e
             yield [self._result(row, max_tokens) for row in batch.to_dict("records")]
+
+    def _not_started(self, gpu: bool) -> str:
+        placement = self._placement(gpu) or {"bundles": [{"GPU": 1, "CPU": 1}] * (
+            self.kwargs["tensor_parallel_size"] * self.kwargs["pipeline_parallel_size"])}
+        return (f"the {self.replicas} engine replicas of {self.teacher.id} did not all start within "
+                f"cluster.wait_for_replicas_s={self.wait_for_replicas_s:g} s; each asks for {placement['bundles']}. "
+                "Check `ray status` for what the cluster has free; then lower cluster.replicas or the "
+                "resources per replica, raise wait_for_replicas_s (an autoscaler may need longer to add "
+                "nodes), or remove it to start on the replicas that come up.")
 
     def _result(self, row: dict, max_tokens: dict[str, int]) -> dict:
         # Missing values come back from pandas as None or NaN depending on the batch.
