@@ -79,8 +79,22 @@ def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None):
         model or run.teacher, run.recipe.teacher.engine_args, seed=run.recipe.sampling.seed, replicas=c.replicas,
         cpus_per_replica=c.cpus_per_replica, resources_per_replica=c.resources_per_replica,
         accelerator_type=c.accelerator_type, wait_for_replicas_s=c.wait_for_replicas_s,
+        model_source=bucket_source(run, model),
         batch_size=run.recipe.sampling.batch_size, quiet=not verbose,
     )
+
+
+def bucket_source(run: Run, model: Teacher | None) -> str | None:
+    """The bucket URI of a model made by this run (the student), when the run directory is in a
+    bucket Ray Data LLM can download from (s3://, gs://): engines on other nodes have no copy of
+    the driver's local one. None otherwise: the engines load model.model."""
+    if model is None or not run.remote or storage.protocol(run.remote) not in ("s3", "gs"):
+        return None
+    try:
+        inside = Path(model.model).resolve().relative_to(run.dir.resolve())
+    except ValueError:
+        return None  # a teacher, or a model from elsewhere
+    return storage.join(run.remote, *inside.parts)
 
 
 def start_ray(run: Run, verbose: bool = False) -> None:

@@ -156,6 +156,7 @@ def test_replicas_that_cannot_all_start_in_time_fail_the_run_with_what_to_change
                                       wait_for_replicas_s=2, batch_size=2)
     requests = [{"work_id": f"w{i}", "messages": [{"role": "user", "content": "1+1?"}],
                  "sampling_params": {"max_tokens": 4, "temperature": 0.0}} for i in range(4)]
+    ray.shutdown()  # building a processor (the test above) starts a default Ray by itself
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with pytest.raises(vllm_ray.ReplicasDidNotStart, match=r"2 engine replicas .* within cluster.wait_for_replicas_s=2 s.*absent_node"):

@@ -293,3 +293,61 @@ def test_a_worker_without_the_run_in_the_bucket_says_so(s3_bucket, tmp_path):
     run = SimpleNamespace(remote=f"{s3_bucket}/runs/unit/never-pushed", dir=tmp_path / "driver")
     with pytest.raises(RuntimeError, match="has no recipe.resolved.yaml .*the driver has not pushed"):
         node_copy(run, None)
+
+
+def test_models_the_run_made_are_served_from_the_bucket(tmp_path, monkeypatch):
+    """Engines on other nodes have no copy of the driver's: a model inside a bucket run's
+    directory (the student) is given to Ray Data LLM by its bucket URI; others by their path."""
+    from types import SimpleNamespace
+
+    from distill.pipeline import bucket_source
+
+    local = tmp_path / "cache" / "run"
+    student = SimpleNamespace(model=str(local / "student"))
+    teacher = SimpleNamespace(model=str(tmp_path / "teacher"))
+    run = SimpleNamespace(remote="s3://bucket/runs/demo/abc", dir=local)
+    assert bucket_source(run, student) == "s3://bucket/runs/demo/abc/student"
+    assert bucket_source(run, teacher) is None
+    assert bucket_source(run, None) is None  # the run's teacher
+    assert bucket_source(SimpleNamespace(remote="gs://b/r", dir=local), student) == "gs://b/r/student"
+    # Protocols Ray Data LLM cannot download from, and local runs, keep the local path.
+    assert bucket_source(SimpleNamespace(remote="memory://b/r", dir=local), student) is None
+    assert bucket_source(SimpleNamespace(remote=None, dir=local), student) is None
+
+
+@pytest.mark.slow
+def test_an_engine_loads_a_student_from_the_bucket_without_a_local_copy_of_its_weights(s3_bucket, tiny_model, tmp_path,
+                                                                                        monkeypatch):
+    """The real path: Ray Data LLM downloads the weights from (moto's) S3 on the engine's node;
+    the driver's copy holds no weights, so answers prove the bucket served them."""
+    import fsspec
+    import ray
+
+    from distill.backends.vllm_ray import VLLMRayBackend
+    from distill.teachers import Serving, Teacher
+
+    fs = fsspec.filesystem("s3")
+    fs.put(str(tiny_model) + "/", f"{s3_bucket}/runs/demo/abc/student/", recursive=True)
+    local = tmp_path / "driver-copy"
+    shutil.copytree(tiny_model, local, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert not list(local.glob("*.safetensors"))
+    # boto3 (Ray's downloader) reads the endpoint from the environment; the engine's process
+    # inherits it from the local Ray started here.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fsspec.config.conf["s3"]["endpoint_url"])
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # where the node's download goes
+    student = Teacher(id="tiny-student", model=str(local), revision="test", licence="apache-2.0", params_b=0.0032,
+                      serving=Serving(dtype="bfloat16", max_model_len=512))
+    backend = VLLMRayBackend(student, {"gpu_memory_utilization": 0.05}, seed=0, batch_size=4,
+                             model_source=f"{s3_bucket}/runs/demo/abc/student")
+    requests = [{"work_id": f"w{i}", "messages": [{"role": "user", "content": f"{i} + 1 = ?"}],
+                 "sampling_params": {"max_tokens": 8, "temperature": 0.0}} for i in range(4)]
+    ray.shutdown()  # a Ray another test started would not have AWS_ENDPOINT_URL
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = [r for batch in backend.generate(requests) for r in batch]
+    finally:
+        ray.shutdown()
+    assert sorted(r["work_id"] for r in results) == [f"w{i}" for i in range(4)]
+    assert not [r["error"] for r in results if r["error"]]
+    assert all(r["completion_tokens"] > 0 for r in results)

@@ -134,9 +134,13 @@ class VLLMRayBackend:
     def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
                  cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16,
                  quiet: bool = True, resources_per_replica: dict[str, float] | None = None,
-                 wait_for_replicas_s: float | None = None):
+                 wait_for_replicas_s: float | None = None, model_source: str | None = None):
         self.teacher = teacher
         self.model = model_path(teacher)
+        # Where the engines load the weights from when not self.model: a bucket URI (s3://,
+        # gs://), which Ray Data LLM downloads on each engine's node. self.model stays the
+        # driver's local copy, read for the tokenizer's end-of-sequence ids.
+        self.model_source = model_source
         self.kwargs = engine_kwargs(teacher, engine_overrides, seed)
         self.replicas = replicas
         self.cpus_per_replica = cpus_per_replica
@@ -176,7 +180,7 @@ class VLLMRayBackend:
         ctx.wait_for_min_actors_s = math.ceil(self.wait_for_replicas_s) if self.wait_for_replicas_s else -1
         gpu = has_cuda()
         config = vLLMEngineProcessorConfig(
-            model_source=self.model,
+            model_source=self.model_source or self.model,
             engine_kwargs=self.kwargs,
             # (n, n): a fixed pool of n replicas. A bare n is a pool that starts with one and
             # scales up on Ray Data's own judgement; the recipe asked for n.
