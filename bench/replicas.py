@@ -1,5 +1,5 @@
 """Sampling throughput of one recipe with 1 and with 2 engine replicas on a local multi-node
-Ray cluster (cluster/local.sh: a head and two workers on loopback, one logical CPU each).
+Ray cluster (cluster/local.sh: a head of one logical CPU and two workers of two, on loopback).
 
 Both sides are the same recipe (the demo teacher, SmolLM2-135M-Instruct, on arithmetic prompts)
 submitted with `distill submit --until sample`, one after the other, each into a fresh run
@@ -40,6 +40,9 @@ def cluster_env(state: Path) -> dict:
     from localcluster import free_base_port  # the tests' port finder: Ray binds ports near the ones given
 
     env = {**os.environ, "DISTILL_LOCAL_RAY_DIR": str(state), "DISTILL_LOCAL_RAY_BIN": str(Path(sys.executable).parent),
+           # Two logical CPUs a worker: an engine's one, and room for the quarter-CPU light stages
+           # (with one, a light stage on a worker keeps an engine off it and the pool never fills).
+           "DISTILL_LOCAL_RAY_WORKER_CPUS": "2",
            "DISTILL_LOCAL_RAY_PORT": str(free_base_port((0, 1))),
            "DISTILL_LOCAL_RAY_DASHBOARD_PORT": str(free_base_port((0, 100, 101, 102)))}
     env.pop("RAY_ADDRESS", None)
@@ -70,7 +73,8 @@ def side(env: dict, work: Path, replicas: int, args) -> dict:
         "verifiers": [{"name": "final-number"}],
         # The first prompt waits for every engine: otherwise, on a small machine, the second engine
         # may still be starting when the first has answered everything.
-        "cluster": {"replicas": replicas, "cpus_per_replica": 1, "wait_for_replicas_s": 900},
+        "cluster": {"replicas": replicas, "cpus_per_replica": 1, "resources_per_replica": {"worker": 1},
+                    "wait_for_replicas_s": 900},
         "tracking": {"wandb": "disabled"},
     }))
     sent = distill(env, folder, "submit", "recipe.yaml", "--output-dir", str(folder / "runs"), "--until", "sample")
@@ -115,7 +119,7 @@ def main() -> None:
     finally:
         local_sh(env, "stop")
     print(f"{args.prompts} prompts x n={args.n}, max_tokens {args.max_tokens}; local cluster: head + 2 workers, "
-          f"1 logical CPU each, on a machine with {os.cpu_count()} cores")
+          f"an engine on each worker, on a machine with {os.cpu_count()} cores")
     for r in results:
         print(f"  replicas {r['replicas']} ({r['engines_seen']} engine processes answered): {r['samples']} samples, "
               f"{r['tokens']} tokens in {r['seconds']:.1f} s: {r['samples_per_s']:.2f} samples/s, "

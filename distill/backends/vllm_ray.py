@@ -125,6 +125,8 @@ def tag_replicas(processor) -> bool:
 class ReplicasDidNotStart(RuntimeError):
     """cluster.wait_for_replicas_s passed before every engine replica was up."""
 
+    retryable = False  # another sampling pass would wait for the same engines again
+
 
 class VLLMRayBackend:
     """Generates one completion per request row; yields batches of result rows as they finish."""

@@ -193,16 +193,23 @@ def _passes(run, backend, info, prompts, work, side, summary, progress, round_: 
         record = {"round": round_, "attempt": attempt, "requested": len(pending), "answered": 0, "duplicates": 0,
                   "replicas": {}, "error": None, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         before = len(answered)
+        final = None
         try:
             _generate(run, backend, info, prompts, pending, summary, progress, with_models, side_ids, answered, record)
         except Exception as e:  # an engine or worker failure: what was written stays; the rest is retried
             record["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            # A backend marks what another pass cannot mend (retryable = False): the cluster cannot
+            # hold the engines asked for, say. The run stops at once with the whole message.
+            final = e if not getattr(e, "retryable", True) else None
             logging.getLogger(__name__).warning("sampling pass %d of round %d failed (%s); %s", attempt + 1,
                                                 round_, record["error"],
+                                                "not retried" if final else
                                                 "retrying what is missing" if attempt + 1 < attempts else "giving up")
         record["answered"] = len(answered) - before
         _log_attempt(run, record)
         summary.attempts.append(record)
+        if final is not None:
+            raise final
         if record["error"] and attempt + 1 == attempts:
             raise RuntimeError(f"sampling gave up after {attempts} passes: {record['error']}; "
                                "run the same command again to resume")

@@ -117,6 +117,25 @@ def test_a_batch_that_comes_twice_is_written_once(recipe):
     assert (attempt["answered"], attempt["duplicates"]) == (12, 2)
 
 
+def test_a_failure_another_pass_cannot_mend_is_not_retried(recipe):
+    class CannotStart(RuntimeError):
+        retryable = False
+
+    class NoRoom(FakeBackend):
+        def generate(self, requests):
+            self.seen.append(len(requests))
+            raise CannotStart("the cluster cannot hold the engines")
+            yield
+
+    backend = NoRoom()
+    with pytest.raises(CannotStart, match="cannot hold the engines"):
+        run_pipeline(recipe, until="sample", backend=backend)
+    assert backend.seen == [12]  # one pass: not sampling.attempts of them
+    run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
+    [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
+    assert attempt["error"] == "CannotStart: the cluster cannot hold the engines"
+
+
 def test_giving_up_says_how_to_resume(recipe):
     class Dead(FakeBackend):
         def generate(self, requests):
