@@ -11,15 +11,13 @@ included). The baseline's generate-only rate is printed too.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from sides import emit, run_side
+from sides import emit, plain_vllm, run_side, sampling_parser
 
 RECIPE = {
     "name": "bench-sampling",
@@ -43,41 +41,14 @@ def factory(recipe_path: str) -> dict:
 
 def baseline(recipe_path: str) -> dict:
     """The same requests the factory sends, through vllm.LLM in this process."""
-    import os
-
-    from distill.backends.vllm_ray import cpu_engine_env, engine_kwargs
-    from distill.pipeline import open_run
-    from distill.recipe import load_recipe
-    from distill.stages.prompts import build_prompts, read_prompts
-    from distill.stages.sample import plan_work
-    from distill.teachers import model_path
-
-    recipe = load_recipe(recipe_path)
-    run = open_run(recipe)
-    build_prompts(recipe, run.dir)
-    work = plan_work(recipe, read_prompts(run.dir, "train"), done=set())
-    os.environ.update(cpu_engine_env())  # the engine settings the factory's actor gets
-    started = time.time()  # before importing vllm: the factory's engine actor pays that import too
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model_path(run.teacher), **engine_kwargs(run.teacher, recipe.teacher.engine_args, recipe.sampling.seed))
-    tok = llm.get_tokenizer()
-    prompts = [tok.apply_chat_template(w["messages"], tokenize=False, add_generation_prompt=True) for w in work]
-    params = [SamplingParams(**w["sampling_params"]) for w in work]
-    gen_started = time.time()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    done = time.time()
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    return {"tokens": tokens, "seconds": done - started, "generate_seconds": done - gen_started, "samples": len(outputs)}
+    r = plain_vllm(recipe_path)
+    tokens = sum(len(o.outputs[0].token_ids) for o in r["outputs"])
+    return {"tokens": tokens, "seconds": r["done"] - r["started"], "generate_seconds": r["done"] - r["generate_started"],
+            "samples": len(r["outputs"])}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--side", choices=["factory", "baseline"], help=argparse.SUPPRESS)
-    ap.add_argument("--recipe", help=argparse.SUPPRESS)
+    ap = sampling_parser(__doc__, ("factory", "baseline"), prompts=128)
     args = ap.parse_args()
     if args.side:  # a child process: run one side, print its numbers as JSON
         emit(factory(args.recipe) if args.side == "factory" else baseline(args.recipe))
