@@ -135,6 +135,10 @@ class Train(Section):
     packing: bool = True
     seed: int = 0
     save_steps: int = Field(50, ge=1)  # a checkpoint every this many steps: what a killed training can lose
+    # Recompute activations in the backward pass instead of keeping them (TRL's default): far less
+    # memory for long rows and big students, for about a quarter more compute. A small student on
+    # short rows fits without it (the demo trains 71 -> 89 tokens/s with it off).
+    gradient_checkpointing: bool = True
     lora: Lora = Lora()
     deepspeed_stage: Literal[0, 2, 3] = 0  # 0: no DeepSpeed (CPU and single GPU)
     # 1 trains in-process; more are Ray Train data-parallel workers (global batch: batch_size x workers).
@@ -460,6 +464,7 @@ TRAIN_OWNS = {
     "num_train_epochs": "epochs", "learning_rate": "learning_rate", "per_device_train_batch_size": "batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps", "max_length": "max_length",
     "packing": "packing", "seed": "seed", "save_steps": "save_steps", "deepspeed": "deepspeed_stage",
+    "gradient_checkpointing": "gradient_checkpointing",
     "output_dir": None, "report_to": None,
 }
 

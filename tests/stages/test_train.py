@@ -101,9 +101,11 @@ def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch
     run = open_run(load_recipe(path))
     kwargs = sft_config_kwargs(run, tmp_path, [])
     assert (kwargs["weight_decay"], kwargs["max_grad_norm"]) == (0.1, 0.5)
+    assert kwargs["gradient_checkpointing"] is True  # TRL's default, unless the recipe says otherwise
 
     data = yaml.safe_load(path.read_text())
-    data["train"]["trl_args"] = {"weight_decy": 0.1, "num_train_epochs": 3, "output_dir": "/tmp/x"}
+    data["train"]["trl_args"] = {"weight_decy": 0.1, "num_train_epochs": 3, "output_dir": "/tmp/x",
+                                 "gradient_checkpointing": False}
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
@@ -111,6 +113,7 @@ def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch
     assert "train.trl_args.weight_decy: 0.1: not a trl.SFTConfig field (did you mean 'weight_decay'?)" in text
     assert "train.trl_args.num_train_epochs: set it as train.epochs, not in trl_args" in text
     assert "train.trl_args.output_dir: distill sets this one itself" in text
+    assert "train.trl_args.gradient_checkpointing: set it as train.gradient_checkpointing" in text
 
 
 def test_a_student_base_that_does_not_exist_is_a_recipe_error(tmp_path, tiny_model):
