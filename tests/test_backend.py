@@ -38,6 +38,15 @@ def test_cpu_defaults_avoid_the_known_vllm_cpu_traps(cpu_only):
     assert kwargs["gpu_memory_utilization"] < 0.92
 
 
+def test_cpu_defaults_let_the_samples_of_a_prompt_share_its_prefill(cpu_only):
+    teacher = load_teacher("smollm2-135m-instruct")
+    kwargs = vllm_ray.engine_kwargs(teacher, {}, seed=0)
+    # Whole blocks are what prefix caching shares: a block must be shorter than a prompt.
+    assert kwargs["block_size"] == 32 and kwargs["max_num_seqs"] == 256
+    kwargs = vllm_ray.engine_kwargs(teacher, {"block_size": 128, "max_num_seqs": 64}, seed=0)
+    assert kwargs["block_size"] == 128 and kwargs["max_num_seqs"] == 64  # the recipe wins
+
+
 def test_a_sharded_teacher_is_served_whole_on_a_cpu(cpu_only, caplog):
     kwargs = vllm_ray.engine_kwargs(load_teacher("deepseek-r1"), {}, seed=0)
     assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"]) == (1, 1)
@@ -49,6 +58,7 @@ def test_on_a_gpu_the_teacher_sharding_is_kept(monkeypatch):
     kwargs = vllm_ray.engine_kwargs(load_teacher("deepseek-r1"), {"enable_prefix_caching": False}, seed=0)
     assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"]) == (8, 2)
     assert "enable_chunked_prefill" not in kwargs and kwargs["enable_prefix_caching"] is False
+    assert "block_size" not in kwargs and "max_num_seqs" not in kwargs  # vLLM's GPU defaults
 
 
 @pytest.mark.parametrize("completion_tokens, prompt_tokens, last_token, expected", [
