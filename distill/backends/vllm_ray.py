@@ -45,11 +45,12 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
         # than most prompts of a distillation run: each of a prompt's n samples prefilled the
         # prompt again. 32 is the smallest block the CPU attention takes. Measured on 512 of
         # the demo's requests: 57% of prompt tokens from the cache, 149 -> 182 tokens/s, the
-        # same completions.
+        # same completions. (vLLM itself replaces it, with a warning, for the MLA and DeepSeek-V4
+        # attention kernels, which take one block size only.)
         kwargs.setdefault("block_size", 32)
         # Ray Data LLM's engine is not vllm.LLM, so vLLM gives it the generic 128 running
         # sequences instead of the CPU's 256 for LLM; a larger decode batch keeps the cores'
-        # matrix multiplies busier (measured: 182 -> 224 tokens/s on the same requests).
+        # matrix multiplies busier (measured: 182 -> 210-232 tokens/s, four runs, same requests).
         kwargs.setdefault("max_num_seqs", 256)
         # A CPU without bf16 arithmetic (no AVX512-BF16 or AMX) emulates it: several times
         # slower than float32 (seen: a 2-core AVX2 machine took 10 min for what an AVX512-BF16
