@@ -23,6 +23,7 @@ bench: install
 	$(VENV)/bin/python bench/sampling_overhead.py
 	$(VENV)/bin/python bench/cpu_top_p.py
 	$(VENV)/bin/python bench/sft_throughput.py
+	$(VENV)/bin/python bench/cpu_fused_head.py
 	$(VENV)/bin/python bench/filters.py
 	$(VENV)/bin/python bench/replicas.py
 

@@ -133,3 +133,80 @@ def test_an_empty_dataset_says_what_to_do(tmp_path, tiny_model, monkeypatch):
     run, _ = run_pipeline(recipe, until="dataset", backend=ArithmeticBackend(wrong=True))
     with pytest.raises(RuntimeError, match="no kept samples to train on; manifest.json says what was dropped"):
         train_student(run)
+
+
+def _fused_loss_and_grads(model, batch):
+    out = model(**batch, fused_lm_head=True)
+    loss = -out.log_probs.sum() / out.label_mask.sum().clamp(min=1)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return loss.detach(), out.entropy.detach(), out.is_top1, grads
+
+
+def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_the_same(tiny_model, monkeypatch):
+    torch = pytest.importorskip("torch")
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    if not hasattr(trl_utils, "add_fused_lm_head"):
+        pytest.skip("this TRL has no fused LM head")
+    from transformers import AutoModelForCausalLM
+
+    from distill.stages.train import completion_rows_only_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    projected = []
+    original = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        projected.append(hidden.shape[0])
+        return original(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 40))
+    labels = input_ids.clone()
+    labels[0, :25] = -100  # a prompt of 25 tokens, then the completion
+    labels[1, :31] = -100
+    batch = {"input_ids": input_ids, "labels": labels}
+
+    every = _fused_loss_and_grads(model, batch)
+    with completion_rows_only_head():
+        compact = _fused_loss_and_grads(model, batch)
+    after = _fused_loss_and_grads(model, batch)
+
+    # 2 rows x 39 next-token positions; 15 + 9 of them have a label
+    assert projected == [78, 24, 78]
+    torch.testing.assert_close(compact[0], every[0])
+    torch.testing.assert_close(compact[1], every[1])
+    assert torch.equal(compact[2], every[2])
+    for name, grad in every[3].items():
+        torch.testing.assert_close(compact[3][name], grad, msg=name)
+    torch.testing.assert_close(after[0], every[0])  # TRL's own choice is back outside the block
+
+    # A row whose labels are all cut away (a prompt longer than max_length) still trains: zero loss, zero grads.
+    with completion_rows_only_head():
+        loss, _, _, grads = _fused_loss_and_grads(model, {"input_ids": input_ids, "labels": torch.full_like(labels, -100)})
+    assert projected[-1] == 0 and loss.item() == 0.0
+    assert all(not g.any() for g in grads.values())
+
+
+def test_the_train_stage_projects_only_the_completion_tokens(tmp_path, tiny_model, monkeypatch):
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    if not hasattr(trl_utils, "add_fused_lm_head"):
+        pytest.skip("this TRL has no fused LM head")
+    run = sampled_run(tmp_path, tiny_model, monkeypatch, packing=False, batch_size=2)
+    projected = []
+    original = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        projected.append(hidden.shape[0])
+        return original(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    summary = train_student(run)
+    assert len(projected) == summary["steps"] > 0
+    # TRL alone projects every position but each row's last on a CPU: at least the tokens fed
+    # minus one per row. The prompts' positions are more than half of these rows.
+    every_position = summary["trained_tokens"] - summary["rows"]
+    assert 0 < sum(projected) < every_position / 2
