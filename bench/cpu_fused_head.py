@@ -18,7 +18,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from sft_throughput import write_run
+from sft_throughput import data_parser, write_run
 from sides import emit, run_side
 
 
@@ -36,12 +36,7 @@ def side(recipe_path: str, compact: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="a teacher id, a model directory, or 'tiny'")
-    ap.add_argument("--dataset", help="a dataset/train.parquet from a run, instead of synthetic rows")
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--packed-batch", type=int, default=4, help="packed rows of --max-length tokens per step")
+    ap = data_parser(__doc__, max_length=256, packed_batch=4)
     ap.add_argument("--side", choices=["every-position", "labelled-only"], help=argparse.SUPPRESS)
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
     args = ap.parse_args()

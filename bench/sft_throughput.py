@@ -125,13 +125,19 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
     return {"tokens": tokens, "seconds": time.time() - started, "steps": trainer.state.global_step}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def data_parser(doc: str, max_length: int, packed_batch: int) -> argparse.ArgumentParser:
+    """The arguments of a training benchmark's workload: `write_run` reads them."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a teacher id, a model directory, or 'tiny'")
     ap.add_argument("--dataset", help="a dataset/train.parquet from a run, instead of synthetic rows")
-    ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--packed-batch", type=int, default=2, help="packed rows of --max-length tokens per step")
+    ap.add_argument("--max-length", type=int, default=max_length)
+    ap.add_argument("--packed-batch", type=int, default=packed_batch, help="packed rows of --max-length tokens per step")
+    return ap
+
+
+def main() -> None:
+    ap = data_parser(__doc__, max_length=1024, packed_batch=2)
     ap.add_argument("--padded-batch", type=int, default=16, help="rows per step on the padded side")
     ap.add_argument("--side", choices=["distill", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--recipe", help=argparse.SUPPRESS)

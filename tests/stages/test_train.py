@@ -144,17 +144,11 @@ def _fused_loss_and_grads(model, batch):
     return loss.detach(), out.entropy.detach(), out.is_top1, grads
 
 
-def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_the_same(tiny_model, monkeypatch):
-    torch = pytest.importorskip("torch")
+def head_rows(monkeypatch) -> list[int]:
+    """How many positions each call of TRL's fused LM head projects (skips without that head)."""
     trl_utils = pytest.importorskip("trl.trainer.utils")
     if not hasattr(trl_utils, "add_fused_lm_head"):
         pytest.skip("this TRL has no fused LM head")
-    from transformers import AutoModelForCausalLM
-
-    from distill.stages.train import completion_rows_only_head
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     projected = []
     original = trl_utils._ChunkedLogProbFunction.apply
 
@@ -163,6 +157,19 @@ def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_t
         return original(hidden, *args)
 
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    return projected
+
+
+def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_the_same(tiny_model, monkeypatch):
+    projected = head_rows(monkeypatch)
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from distill.stages.train import completion_rows_only_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     torch.manual_seed(0)
     input_ids = torch.randint(0, model.config.vocab_size, (2, 40))
     labels = input_ids.clone()
@@ -192,18 +199,8 @@ def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_t
 
 
 def test_the_train_stage_projects_only_the_completion_tokens(tmp_path, tiny_model, monkeypatch):
-    trl_utils = pytest.importorskip("trl.trainer.utils")
-    if not hasattr(trl_utils, "add_fused_lm_head"):
-        pytest.skip("this TRL has no fused LM head")
+    projected = head_rows(monkeypatch)
     run = sampled_run(tmp_path, tiny_model, monkeypatch, packing=False, batch_size=2)
-    projected = []
-    original = trl_utils._ChunkedLogProbFunction.apply
-
-    def spy(hidden, *args):
-        projected.append(hidden.shape[0])
-        return original(hidden, *args)
-
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
     summary = train_student(run)
     assert len(projected) == summary["steps"] > 0
     # TRL alone projects every position but each row's last on a CPU: at least the tokens fed
