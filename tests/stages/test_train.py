@@ -93,6 +93,19 @@ def test_deepspeed_stage_writes_its_config_into_the_run(tmp_path, tiny_model, mo
     assert written["zero_optimization"]["stage"] == 3
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_is_set_explicitly_from_what_the_cpu_can_do(tmp_path, tiny_model, monkeypatch, native_bf16):
+    # TRL's SFTConfig turns bf16 on when it is not passed: on a CPU without bf16 arithmetic,
+    # autocast then emulates it (seen: 150 s a demo step instead of 11).
+    import distill.stages.train as train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    run = open_run(load_recipe(student_recipe(tmp_path, tiny_model)))
+    assert train.sft_config_kwargs(run, tmp_path, [])["bf16"] is native_bf16
+
+
 def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch):
     from distill.stages.train import sft_config_kwargs
 
