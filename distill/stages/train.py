@@ -289,11 +289,8 @@ def completion_rows_only_head():
     choice only; the wrapper answers yes for CPU devices and leaves the rest to TRL. A TRL
     without the name is left alone.
     """
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:  # pragma: no cover - TRL is a dependency
-        yield
-        return
+    from trl.trainer import utils as trl_utils
+
     original = getattr(trl_utils, "_use_triton", None)
     if not callable(original):
         yield

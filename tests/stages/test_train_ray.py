@@ -81,7 +81,9 @@ def test_two_workers_train_on_their_own_halves_and_rank_0_writes_the_student(tmp
 @pytest.mark.slow
 def test_a_ray_training_stopped_with_ctrl_c_resumes_from_its_last_checkpoint(tmp_path, tiny_model, monkeypatch,
                                                                             local_ray):
-    # Four epochs (48 steps): Ctrl-C at step 4 must land before the end, however fast the steps are.
+    # Four epochs of 24 rows, 1 per worker x 2 workers: 48 steps, so that Ctrl-C at step 4 lands
+    # before the end however fast the steps are.
+    steps = 4 * 24 // 2
     run = sampled_run(tmp_path, tiny_model, monkeypatch, workers=2, batch_size=1, packing=False, save_steps=2,
                       epochs=4)
     checkpoints = run.dir / "train" / "checkpoints"
@@ -94,17 +96,17 @@ def test_a_ray_training_stopped_with_ctrl_c_resumes_from_its_last_checkpoint(tmp
     assert not (run.dir / "student").exists() and not (run.dir / "train" / "summary.json").exists()
     assert signal.getsignal(signal.SIGINT) is handler  # Ray's abort handler did not outlive the training
     stopped_at = last_checkpoint(checkpoints)
-    assert stopped_at is not None and int(stopped_at.name.split("-")[1]) in range(4, 48)  # 48 steps in all
+    assert stopped_at is not None and int(stopped_at.name.split("-")[1]) in range(4, steps)
 
     bar = Bar()
     summary = train_student(run, bar)
     assert summary["resumed"] and summary["resumed_from"] == stopped_at.name
     assert (summary["workers"], summary["backend"]) == (2, "gloo")
-    assert summary["steps"] == 48  # 4 x 24 rows / (1 per worker x 2 workers), counted from the start
-    assert [e["step"] for e in summary["log"]] == list(range(1, 49))  # the curve is whole
+    assert summary["steps"] == steps  # counted from the start
+    assert [e["step"] for e in summary["log"]] == list(range(1, steps + 1))  # the curve is whole
     assert math.isfinite(summary["train_loss"])
-    assert bar.started_at == int(stopped_at.name.split("-")[1]) and bar.done == 48  # the driver's bar followed
-    left = 48 - bar.started_at
+    assert bar.started_at == int(stopped_at.name.split("-")[1]) and bar.done == steps  # the driver's bar followed
+    left = steps - bar.started_at
     assert [s["rows"] for s in summary["data_shards"]] == [left, left]  # only the rest was trained
     assert {p.name for p in (run.dir / "student").iterdir()} == STUDENT_FILES
 
