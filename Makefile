@@ -24,6 +24,7 @@ bench: install
 	$(VENV)/bin/python bench/cpu_top_p.py
 	$(VENV)/bin/python bench/sft_throughput.py
 	$(VENV)/bin/python bench/cpu_fused_head.py
+	$(VENV)/bin/python bench/cpu_packed_attention.py
 	$(VENV)/bin/python bench/filters.py
 	$(VENV)/bin/python bench/replicas.py
 

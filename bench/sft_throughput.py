@@ -82,14 +82,47 @@ def tiny_model(tmp: Path) -> Path:
     return target if (target / "config.json").is_file() else build_tiny_model(target)
 
 
-def distill_side(recipe_path: str) -> dict:
+def distill_side(recipe_path: str, without: str | None = None) -> dict:
+    """The train stage on the recipe's run; `without` names one of its context managers
+    (distill.stages.train) to swap for a no-op, for a benchmark of that one change."""
+    import contextlib
+
+    import distill.stages.train as train
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
-    from distill.stages.train import train_student
 
+    if without:
+        setattr(train, without, contextlib.nullcontext)
     run = open_run(load_recipe(recipe_path))
-    s = train_student(run)
-    return {"tokens": s["trained_tokens"], "seconds": s["seconds"], "steps": s["steps"]}
+    s = train.train_student(run)
+    return {"tokens": s["trained_tokens"], "seconds": s["seconds"], "steps": s["steps"], "loss": s["train_loss"]}
+
+
+def one_change(doc: str, change: str, sides: tuple[str, str]) -> None:
+    """The main() of a benchmark of one change to the train stage: sides[0] runs it with the
+    context manager `change` swapped for a no-op, sides[1] as it is; one process and a fresh
+    run each (the stage would reuse a trained student)."""
+    ap = data_parser(doc, max_length=256, packed_batch=4)
+    ap.add_argument("--side", choices=sides, help=argparse.SUPPRESS)
+    ap.add_argument("--recipe", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        emit(distill_side(args.recipe, without=change if args.side == sides[0] else None))
+        return
+
+    results = {}
+    for name in sides:
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = write_run(Path(tmp), args)
+            results[name] = run_side(sys.argv[0], name, "--recipe", str(recipe))
+    source = args.dataset or f"{args.rows} synthetic rows"
+    print(f"data: {source}; model: {args.model}; packed rows of {args.max_length} tokens, {args.packed_batch} per step")
+    width = max(map(len, sides))
+    for name, r in results.items():
+        print(f"{name:>{width}}: {r['tokens']:.0f} tokens in {r['seconds']:.1f} s, {r['steps']} steps = "
+              f"{r['tokens'] / r['seconds']:.0f} tokens/s, train loss {r['loss']:.4f}")
+    b, d = (results[name] for name in sides)
+    print(f"ratio ({sides[1]} / {sides[0]}): {(d['tokens'] / d['seconds']) / (b['tokens'] / b['seconds']):.2f}")
 
 
 def baseline_side(recipe_path: str, batch_size: int) -> dict:

@@ -220,3 +220,80 @@ def test_the_train_stage_projects_only_the_completion_tokens(tmp_path, tiny_mode
     # minus one per row. The prompts' positions are more than half of these rows.
     every_position = summary["trained_tokens"] - summary["rows"]
     assert 0 < sum(projected) < every_position / 2
+
+
+def sdpa_lengths(monkeypatch) -> list[int]:
+    """The query length of each call of PyTorch's SDPA."""
+    import torch
+
+    lengths = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        lengths.append(query.shape[-2])
+        return original(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return lengths
+
+
+def _loss_and_grads(model, batch):
+    out = model(**batch, use_cache=False)  # as TRL calls it: with a cache, transformers would not see the packing
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return out.loss.detach(), out.logits.detach(), grads
+
+
+def test_a_padding_free_batch_attends_sequence_by_sequence_and_computes_the_same(tiny_model, monkeypatch):
+    lengths = sdpa_lengths(monkeypatch)
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from distill.stages.train import packed_sequences_attend_alone
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    sizes = (23, 40, 9)
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = collate([{"input_ids": torch.randint(1, model.config.vocab_size, (n,)).tolist()} for n in sizes])
+    assert batch["input_ids"].shape == (1, sum(sizes)) and batch["cu_seq_lens_q"].tolist() == [0, 23, 63, 72]
+
+    masked = _loss_and_grads(model, batch)  # transformers' SDPA: one call per layer over the whole row, masked
+    assert set(lengths) == {sum(sizes)}
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    lengths.clear()
+    with packed_sequences_attend_alone():
+        alone = _loss_and_grads(model, batch)
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa  # the library's function is back outside the block
+    # 2 layers, one causal call per sequence each (the backward reuses the forward's saved tensors)
+    assert lengths == [*sizes, *sizes]
+    torch.testing.assert_close(alone[0], masked[0])
+    torch.testing.assert_close(alone[1], masked[1])
+    for name, grad in masked[2].items():
+        torch.testing.assert_close(alone[2][name], grad, msg=name)
+
+    # Anything else (here: a padded batch of two rows with its mask) goes to transformers' SDPA as it was.
+    padded = {"input_ids": torch.randint(1, model.config.vocab_size, (2, 12)),
+              "attention_mask": torch.tensor([[1] * 12, [1] * 7 + [0] * 5])}
+    padded["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, -100)
+    before = _loss_and_grads(model, padded)
+    lengths.clear()
+    with packed_sequences_attend_alone():
+        inside = _loss_and_grads(model, padded)
+    assert lengths == [12, 12]
+    assert torch.equal(inside[1], before[1])
+
+
+def test_the_train_stage_packs_rows_and_attends_per_sample(tmp_path, tiny_model, monkeypatch):
+    lengths = sdpa_lengths(monkeypatch)
+    run = sampled_run(tmp_path, tiny_model, monkeypatch, packing=True, batch_size=4, max_length=256)
+    summary = train_student(run)
+    assert summary["steps"] > 0 and lengths
+    # Packed, a step's row holds several samples end to end (more tokens than any one sample);
+    # attention saw one sample at a time: no call was longer than the longest sample.
+    rows = summary["trained_tokens"] / summary["rows"]
+    assert summary["trained_tokens"] / summary["steps"] > 2 * rows
+    assert max(lengths) < 2 * rows
