@@ -321,19 +321,32 @@ def packed_sequences_attend_alone():
     (bench/cpu_packed_attention.py).
 
     The wrapper stands in for transformers' "sdpa" attention function and hands any other
-    call (no boundaries, a batch of several rows, a KV cache, a GPU) to it unchanged.
+    call to it unchanged: no boundaries (a padded batch), a KV cache, a GPU, or attention that
+    is more than causal (a sliding window, soft-capping, attention sinks).
     """
     import torch
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
 
     sdpa = functions["sdpa"]
 
+    def plain_causal(module, query, key, bounds, kwargs) -> bool:
+        """A padding-free row on a CPU, for attention that is causal and nothing more."""
+        if bounds is None or query.device.type != "cpu" or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+            return False
+        if int(bounds[-1]) != query.shape[2] or not getattr(module, "is_causal", True):
+            return False
+        keys = kwargs.get("cu_seq_lens_k")
+        if keys is not None and not torch.equal(keys, bounds):
+            return False
+        # A sliding window, soft-capping, sinks or a bias change what a position sees or weighs:
+        # those stay with transformers' mask.
+        if any(kwargs.get(name) is not None for name in ("sliding_window", "softcap", "s_aux", "position_bias")):
+            return False
+        return not kwargs.get("output_attentions") and getattr(module, "sliding_window", None) is None
+
     def per_sequence(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         bounds = kwargs.get("cu_seq_lens_q")
-        if (bounds is None or query.device.type != "cpu" or query.shape[0] != 1
-                or key.shape[2] != query.shape[2] or not getattr(module, "is_causal", True)
-                or not torch.equal(kwargs.get("cu_seq_lens_k", bounds), bounds)
-                or int(bounds[-1]) != query.shape[2] or kwargs.get("output_attentions")):
+        if not plain_causal(module, query, key, bounds, kwargs):
             return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         groups = query.shape[1] // key.shape[1]  # grouped-query attention: each KV head serves `groups` heads
         if groups > 1:

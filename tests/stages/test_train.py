@@ -286,6 +286,17 @@ def test_a_padding_free_batch_attends_sequence_by_sequence_and_computes_the_same
     assert lengths == [12, 12]
     assert torch.equal(inside[1], before[1])
 
+    # And so does a packed row whose attention is more than causal: a sliding window, sinks.
+    q = k = v = torch.randn(1, 2, sum(sizes), 32)
+    windowed = torch.nn.Module()
+    windowed.sliding_window = 16
+    with packed_sequences_attend_alone():
+        for module, extra in ((windowed, {}), (torch.nn.Module(), {"sliding_window": 16}),
+                              (torch.nn.Module(), {"s_aux": torch.zeros(2)})):
+            lengths.clear()
+            ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, None, cu_seq_lens_q=batch["cu_seq_lens_q"], **extra)
+            assert lengths == [sum(sizes)], extra
+
 
 def test_the_train_stage_packs_rows_and_attends_per_sample(tmp_path, tiny_model, monkeypatch):
     lengths = sdpa_lengths(monkeypatch)
