@@ -325,6 +325,7 @@ def packed_sequences_attend_alone():
     is more than causal (a sliding window, soft-capping, attention sinks).
     """
     import torch
+    from transformers.integrations.sdpa_attention import repeat_kv
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
 
     sdpa = functions["sdpa"]
@@ -349,8 +350,7 @@ def packed_sequences_attend_alone():
         if not plain_causal(module, query, key, bounds, kwargs):
             return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         groups = query.shape[1] // key.shape[1]  # grouped-query attention: each KV head serves `groups` heads
-        if groups > 1:
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         edges = bounds.tolist()
         parts = [torch.nn.functional.scaled_dot_product_attention(
             query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
