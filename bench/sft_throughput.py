@@ -83,16 +83,17 @@ def tiny_model(tmp: Path) -> Path:
 
 
 def distill_side(recipe_path: str, without: str | None = None) -> dict:
-    """The train stage on the recipe's run; `without` names one of its context managers
-    (distill.stages.train) to swap for a no-op, for a benchmark of that one change."""
+    """The train stage on the recipe's run; `without` names one of the fit's context managers
+    (distill.training.cpu) to swap for a no-op, for a benchmark of that one change."""
     import contextlib
 
     import distill.stages.train as train
+    import distill.training.sft as sft
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
 
     if without:
-        setattr(train, without, contextlib.nullcontext)
+        setattr(sft, without, contextlib.nullcontext)
     run = open_run(load_recipe(recipe_path))
     s = train.train_student(run)
     return {"tokens": s["trained_tokens"], "seconds": s["seconds"], "steps": s["steps"], "loss": s["train_loss"]}
@@ -136,11 +137,10 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
     from distill.recipe import load_recipe
     from distill.stages.dataset import read_dataset
     from distill.hardware import cpu_has_bf16
-    from distill.stages.train import resolve_base
 
     run = open_run(load_recipe(recipe_path))
     t = run.recipe.train
-    base = resolve_base(run.recipe)
+    base = run.recipe.student_base
     data = datasets.Dataset(read_dataset(run.dir).select(["prompt", "completion"]))
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32),

@@ -31,7 +31,8 @@ def _load(recipe: str):
 
 def _decide(recipe, file: str):
     """The licence decision, or exit 2 when the engine cannot judge the recipe's licences."""
-    from distill.licensing import LicenceError, UnknownLicence, decide_for_recipe
+    from distill.licensing import LicenceError, UnknownLicence
+    from distill.recipe.licence import decide_for_recipe
 
     try:
         return decide_for_recipe(recipe)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import yaml
 
-from distill import storage
+from distill import ray_runtime, storage
 from distill.lineage import code_version
 from distill.recipe import Recipe
 from distill.teachers import Teacher, load_teacher
@@ -98,18 +98,7 @@ def bucket_source(run: Run, model: Teacher | None) -> str | None:
 
 
 def start_ray(run: Run, verbose: bool = False) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # A data factory does not report usage to anyone unless its user opts in.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address=run.recipe.cluster.address,
-        include_dashboard=False,
-        log_to_driver=verbose,  # worker logs (vLLM's included) stay in Ray's session log folder
-        logging_level="INFO" if verbose else "WARNING",
-    )
+    ray_runtime.start_ray(run.recipe.cluster.address, verbose)
 
 
 def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, progress_factory: Callable | None = None,
@@ -291,7 +280,7 @@ class LicenceRefused(RuntimeError):
 
 def check_licence(recipe: Recipe):
     """The licence engine's decision for the recipe; raises LicenceRefused on an unacknowledged refusal."""
-    from distill.licensing import decide_for_recipe
+    from distill.recipe.licence import decide_for_recipe
 
     decision = decide_for_recipe(recipe)
     if decision.refusals:

@@ -262,7 +262,7 @@ def test_a_training_worker_pulls_what_it_reads_into_its_nodes_copy(s3_bucket, tm
 
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
-    from distill.train_ray import _run_config, node_copy
+    from distill.training.ray_train import _run_config, node_copy
 
     monkeypatch.chdir(tmp_path)
     run = open_run(load_recipe(bucket_recipe(tmp_path, f"{s3_bucket}/runs")))
@@ -288,7 +288,7 @@ def test_a_training_worker_pulls_what_it_reads_into_its_nodes_copy(s3_bucket, tm
 def test_a_worker_without_the_run_in_the_bucket_says_so(s3_bucket, tmp_path):
     from types import SimpleNamespace
 
-    from distill.train_ray import node_copy
+    from distill.training.ray_train import node_copy
 
     run = SimpleNamespace(remote=f"{s3_bucket}/runs/unit/never-pushed", dir=tmp_path / "driver")
     with pytest.raises(RuntimeError, match="has no recipe.resolved.yaml .*the driver has not pushed"):

@@ -42,21 +42,13 @@ GREEDY = "greedy"
 
 def student_as_model(run) -> Teacher:
     """The trained student described like a teacher, so the same backend serves it."""
-    from distill.stages.train import resolve_base
-
     student_dir = run.dir / "student"
     summary = json.loads((run.dir / "train" / "summary.json").read_text())
-    base = resolve_base(run.recipe)
-    serving = Serving()
-    try:
-        from distill.teachers import load_teacher
-
-        serving = load_teacher(run.recipe.student.base, run.recipe.base_dir).serving
-    except ValueError:
-        pass  # a local base directory: vLLM's defaults
+    base = run.recipe.student_base
+    serving = base.entry.serving if base.entry is not None else Serving()  # a local base: vLLM's defaults
     meta = json.loads((student_dir / "distill.json").read_text())
     return Teacher(id=run.recipe.student.name, model=str(student_dir), revision=summary["weights_sha256"][:16],
-                   licence=base.licence, params_b=meta["params_b"], serving=serving)
+                   licence=base.licence or "unknown", params_b=meta["params_b"], serving=serving)
 
 
 def eval_prompts(run) -> list[dict]:

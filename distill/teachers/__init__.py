@@ -127,7 +127,7 @@ def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        from distill.recipe import yaml_error
+        from distill.problems import yaml_error
 
         raise ValueError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     teacher = Teacher.model_validate(data)

@@ -9,7 +9,8 @@ import yaml
 
 from distill.pipeline import open_run, run_pipeline
 from distill.recipe import RecipeError, Train, load_recipe
-from distill.stages.train import deepspeed_config, train_student
+from distill.stages.train import train_student
+from distill.training.config import deepspeed_config
 from test_student import ArithmeticBackend, student_recipe
 
 
@@ -83,7 +84,7 @@ def test_deepspeed_configs_are_accepted_by_deepspeed(stage, tmp_path):
 
 
 def test_deepspeed_stage_writes_its_config_into_the_run(tmp_path, tiny_model, monkeypatch):
-    from distill.stages.train import sft_config_kwargs
+    from distill.training.config import sft_config_kwargs
 
     monkeypatch.chdir(tmp_path)
     run = open_run(load_recipe(student_recipe(tmp_path, tiny_model, deepspeed_stage=3)))
@@ -97,7 +98,7 @@ def test_deepspeed_stage_writes_its_config_into_the_run(tmp_path, tiny_model, mo
 def test_bf16_is_set_explicitly_from_what_the_cpu_can_do(tmp_path, tiny_model, monkeypatch, native_bf16):
     # TRL's SFTConfig turns bf16 on when it is not passed: on a CPU without bf16 arithmetic,
     # autocast then emulates it (seen: 150 s a demo step instead of 11).
-    import distill.stages.train as train
+    import distill.training.config as train
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: native_bf16)
@@ -107,7 +108,7 @@ def test_bf16_is_set_explicitly_from_what_the_cpu_can_do(tmp_path, tiny_model, m
 
 
 def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch):
-    from distill.stages.train import sft_config_kwargs
+    from distill.training.config import sft_config_kwargs
 
     monkeypatch.chdir(tmp_path)
     path = student_recipe(tmp_path, tiny_model, trl_args={"weight_decay": 0.1, "max_grad_norm": 0.5})
@@ -179,7 +180,7 @@ def test_the_fused_head_projects_only_labelled_positions_on_a_cpu_and_computes_t
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils as trl_utils
 
-    from distill.stages.train import completion_rows_only_head
+    from distill.training.cpu import completion_rows_only_head
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
@@ -252,7 +253,7 @@ def test_a_padding_free_batch_attends_sequence_by_sequence_and_computes_the_same
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from distill.stages.train import packed_sequences_attend_alone
+    from distill.training.cpu import packed_sequences_attend_alone
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
     torch.manual_seed(0)

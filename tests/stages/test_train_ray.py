@@ -16,7 +16,8 @@ import yaml
 
 from distill.pipeline import open_run
 from distill.recipe import RecipeError, Train, load_recipe
-from distill.stages.train import last_checkpoint, train_student
+from distill.stages.train import train_student
+from distill.training.sft import last_checkpoint
 from test_student import student_recipe
 from test_train import sampled_run
 
@@ -147,7 +148,7 @@ def test_the_driver_follows_rank_0_on_its_bar_and_its_wandb_run(monkeypatch):
     import ray
     import wandb
 
-    from distill.train_ray import _Follower, _Relay
+    from distill.training.ray_train import _Follower, _Relay
 
     relay = _Relay()
     monkeypatch.setattr(ray, "get", lambda value: value)
@@ -203,23 +204,23 @@ def test_workers_change_the_run(tmp_path, tiny_model, monkeypatch):
 
 
 def test_without_ray_running_the_stage_starts_it_as_the_pipeline_does(tmp_path, tiny_model, monkeypatch):
-    """The pipeline's start_ray: a local Ray without dashboard, or the recipe's cluster.address."""
+    """The driver's start_ray: a local Ray without dashboard, or the recipe's cluster.address."""
     import ray
 
-    import distill.pipeline
-    from distill.train_ray import fit_on_ray
+    import distill.ray_runtime
+    from distill.training.ray_train import fit_on_ray
 
     class Started(Exception):
         pass
 
-    def start_ray(run, verbose=False):
-        raise Started(run.id)
+    def start_ray(address=None, verbose=False):
+        raise Started(f"address {address}")
 
-    monkeypatch.setattr(distill.pipeline, "start_ray", start_ray)
+    monkeypatch.setattr(distill.ray_runtime, "start_ray", start_ray)
     monkeypatch.chdir(tmp_path)
     run = open_run(load_recipe(student_recipe(tmp_path, tiny_model, workers=2)))
     assert not ray.is_initialized()
-    with pytest.raises(Started, match=run.id):
+    with pytest.raises(Started, match="address None"):
         fit_on_ray(run, None, None)
 
 
@@ -245,7 +246,7 @@ def test_last_checkpoint_passes_over_one_a_kill_cut_short(tmp_path):
 def test_workers_get_a_gpu_each_or_a_share_of_the_cpus(monkeypatch, resources, nodes, expected):
     import ray
 
-    from distill.train_ray import worker_placement
+    from distill.training.ray_train import worker_placement
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     monkeypatch.setattr(ray, "available_resources", lambda: resources)
@@ -293,9 +294,9 @@ def test_a_worker_trains_in_its_nodes_copy_of_a_bucket_run_and_pushes_what_it_sa
     import fsspec
     import ray.train
 
-    import distill.stages.train
+    import distill.training.sft
     from distill.storage import Mirror
-    from distill.train_ray import _train_worker
+    from distill.training.ray_train import _train_worker
 
     monkeypatch.chdir(tmp_path)
     path = student_recipe(tmp_path, tiny_model, workers=2)
@@ -322,7 +323,7 @@ def test_a_worker_trains_in_its_nodes_copy_of_a_bucket_run_and_pushes_what_it_sa
         (node_run.dir / "student" / "config.json").write_text("{}")
         return {"steps": 4}
 
-    monkeypatch.setattr(distill.stages.train, "fit", fit)
+    monkeypatch.setattr(distill.training.sft, "fit", fit)
     monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(get_world_rank=lambda: 0))
     facts = _train_worker({"run": run, "base": None, "resume_from": None, "relay": None})
 

@@ -17,8 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from distill.licensing.engine import Acknowledgement
+from distill.licensing.types import Acknowledgement
+from distill.models import StudentBase, resolve_base
+from distill.problems import (Problem, RecipeError, RecipeLoader, dotted, problems_from, show,  # noqa: F401
+                              yaml_error)
 from distill.registry import Params, Registry, closest
+from distill.teachers import Teacher, load_teacher
 
 
 class Section(BaseModel):
@@ -198,6 +202,9 @@ class Recipe(Section):
     output_dir: str = "runs"
 
     _path: Path | None = PrivateAttr(default=None)
+    # Resolved once, when first asked for (load_recipe asks): every stage reads these, none re-reads files.
+    _teacher: Teacher | None = PrivateAttr(default=None)
+    _base: StudentBase | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -214,6 +221,22 @@ class Recipe(Section):
     @property
     def base_dir(self) -> Path:
         return self._path.parent if self._path else Path.cwd()
+
+    @property
+    def teacher_entry(self) -> Teacher:
+        """The teacher entry `teacher.id` names (a shipped id or a YAML path)."""
+        if self._teacher is None:
+            self._teacher = load_teacher(self.teacher.id, self.base_dir)
+        return self._teacher
+
+    @property
+    def student_base(self) -> StudentBase | None:
+        """What `student.base` is: id, weights, revision, licence; None without a student."""
+        if self.student is None:
+            return None
+        if self._base is None:
+            self._base = resolve_base(self.student.base, self.base_dir, self.student.base_licence)
+        return self._base
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled and every component's parameters resolved."""
@@ -242,11 +265,9 @@ class Recipe(Section):
         # recipe has the same run id on a laptop and as a cluster job.
         for key in ("tracking", "cluster", "output_dir"):
             data.pop(key, None)
-        from distill.teachers import load_teacher
-
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
         # revision must not resume a run made with the old weights.
-        entry = load_teacher(self.teacher.id, self.base_dir).model_dump(mode="json")
+        entry = self.teacher_entry.model_dump(mode="json")
         if entry.get("endpoint"):  # where and what is served decides the samples; rate limits do not
             entry["endpoint"] = {k: entry["endpoint"][k] for k in ("base_url", "model")}
         data["teacher_entry"] = entry
@@ -260,96 +281,6 @@ class Recipe(Section):
 def _resolved(component: Component, key: str) -> dict[str, Any]:
     fixed = {k: v for k, v in component.model_dump(mode="json").items() if k in type(component).model_fields}
     return {**fixed, key: getattr(component, key), **component.params.model_dump(mode="json")}
-
-
-@dataclass(frozen=True)
-class Problem:
-    key: str
-    message: str
-
-    def render(self, file: str) -> str:
-        return f"{file}: {self.key}: {self.message}"
-
-
-class RecipeError(Exception):
-    def __init__(self, file: str, problems: list[Problem]):
-        self.file = file
-        self.problems = problems
-        super().__init__("\n".join(p.render(file) for p in problems))
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """YAML as people write recipes: only true/false are booleans. YAML 1.1 (PyYAML's default)
-    also reads on/off/yes/no as booleans, so a filter's `on: completion` became {True: ...}."""
-
-
-RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def yaml_error(e: yaml.YAMLError) -> str:
-    """A YAML error on one line (PyYAML's own message spans several, with a caret drawing)."""
-    mark = getattr(e, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
-
-
-def dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names valid at a location, for 'did you mean' hints."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        for arg in getattr(annotation, "__args__", ()) or ():
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                annotation = arg
-        current = annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def problems_from(
-    error: ValidationError, model: type[BaseModel], prefix: tuple = (), also_allowed: tuple[str, ...] = ()
-) -> list[Problem]:
-    """`also_allowed`: keys valid beside the model's own at its top level (a component's name, required, ...)."""
-    problems = []
-    for err in error.errors():
-        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            allowed = _fields_at(model, err["loc"][:-1]) + (list(also_allowed) if len(err["loc"]) == 1 else [])
-            hint = closest(str(loc[-1]), allowed)
-            tail = f" (did you mean {hint!r}?)" if hint else (f"; allowed: {', '.join(allowed)}" if allowed else "")
-            message = f"unknown key{tail}"
-        elif kind == "missing":
-            message = "required key is missing"
-        else:
-            # A validator's own ValueError text, without pydantic's "Value error, " prefix.
-            msg = str(err["ctx"]["error"]) if kind == "value_error" and "error" in err.get("ctx", {}) else err["msg"]
-            message = f"{_show(err['input'])}: {msg[0].lower()}{msg[1:]}"
-        problems.append(Problem(dotted(loc), message))
-    return problems
 
 
 def _check_components(
@@ -384,7 +315,6 @@ def load_recipe(path: str | Path) -> Recipe:
     from distill.prompts import PROMPT_SOURCES
     from distill.filters import FILTERS
     from distill.verifiers import VERIFIERS
-    from distill.teachers import load_teacher
 
     path = Path(path)
     file = str(path)
@@ -419,18 +349,18 @@ def load_recipe(path: str | Path) -> Recipe:
         problems.extend(found)
         resolved_lists.append(params)
 
+    teacher_entry = None
     teacher_ref = data.get("teacher")
     teacher_id = teacher_ref.get("id") if isinstance(teacher_ref, dict) else teacher_ref
     if isinstance(teacher_id, str):
         key = "teacher" if isinstance(teacher_ref, str) else "teacher.id"
         try:
-            served = load_teacher(teacher_id, base_dir).endpoint is not None
+            teacher_entry = load_teacher(teacher_id, base_dir)
+            served = teacher_entry.endpoint is not None
             if served and isinstance(teacher_ref, dict) and teacher_ref.get("engine_args"):
                 problems.append(Problem("teacher.engine_args", "the teacher is served over HTTP (its entry has an "
                                         "endpoint): engine arguments belong to that server, remove them here"))
         except ValidationError as e:  # before ValueError: pydantic's ValidationError is a ValueError
-            from distill.teachers import Teacher
-
             details = "; ".join(f"{p.key}: {p.message}" for p in problems_from(e, Teacher))
             problems.append(Problem(key, f"teacher file {teacher_id!r} is invalid: {details}"))
         except ValueError as e:
@@ -442,16 +372,17 @@ def load_recipe(path: str | Path) -> Recipe:
             problems.append(Problem("sampling.accepted_per_prompt", "counts samples the verifiers accepted: "
                                     "add a required verifier, or remove it"))
         if recipe.student is not None:
-            from distill.stages.train import check_base
-
             recipe._path = path
-            if (why := check_base(recipe)) is not None:
-                problems.append(Problem("student.base", why))
+            try:
+                recipe.student_base
+            except ValueError as e:
+                problems.append(Problem("student.base", str(e)))
 
     if problems:
         raise RecipeError(file, problems)
     assert recipe is not None
     recipe._path = path
+    recipe._teacher = teacher_entry
     lists = [recipe.prompts.train, recipe.prompts.eval, recipe.verifiers, recipe.filters]
     for components, params in zip(lists, resolved_lists):
         for component, p in zip(components, params):
@@ -484,7 +415,7 @@ def _check_trl_args(recipe: Recipe) -> list[Problem]:
                                     else "distill sets this one itself (the run directory and tracking decide it)"))
         elif key not in fields:
             hint = closest(key, sorted(fields))
-            problems.append(Problem(where, f"{_show(value)}: not a trl.SFTConfig field" + (f" (did you mean {hint!r}?)" if hint else "")))
+            problems.append(Problem(where, f"{show(value)}: not a trl.SFTConfig field" + (f" (did you mean {hint!r}?)" if hint else "")))
     return problems
 
 
@@ -506,9 +437,9 @@ def _check_passthrough(recipe: Recipe) -> list[Problem]:
             problems.append(Problem(f"sampling.extra.{key}", f"set it as sampling.{key}, not in extra"))
         elif key not in sampling_fields:
             hint = closest(key, sorted(sampling_fields))
-            problems.append(Problem(f"sampling.extra.{key}", f"{_show(value)}: not a vLLM SamplingParams field" + (f" (did you mean {hint!r}?)" if hint else "")))
+            problems.append(Problem(f"sampling.extra.{key}", f"{show(value)}: not a vLLM SamplingParams field" + (f" (did you mean {hint!r}?)" if hint else "")))
     for key, value in recipe.teacher.engine_args.items():
         if key not in engine_fields:
             hint = closest(key, sorted(engine_fields))
-            problems.append(Problem(f"teacher.engine_args.{key}", f"{_show(value)}: not a vLLM engine argument" + (f" (did you mean {hint!r}?)" if hint else "")))
+            problems.append(Problem(f"teacher.engine_args.{key}", f"{show(value)}: not a vLLM engine argument" + (f" (did you mean {hint!r}?)" if hint else "")))
     return problems

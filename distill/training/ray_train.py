@@ -1,5 +1,5 @@
-"""The train stage under Ray Train: `train.workers` data-parallel workers, each running
-`distill.stages.train.fit`, the same code that trains in-process.
+"""Training under Ray Train: `train.workers` data-parallel workers, each running
+`distill.training.sft.fit`, the same code that trains in-process.
 
 Ray Train's TorchTrainer places the workers (one GPU each when the cluster has GPUs, else an
 equal share of the free CPUs), sets up the torch process group (NCCL on GPUs, gloo on CPUs) and
@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distill import storage
+from distill.training import sft
 
 SHARED_STORAGE = ("with train.workers > 1 every node must reach the run directory: set output_dir to a bucket URI "
                   "(s3://BUCKET/runs, gs://BUCKET/runs; no shared mount needed), or to a path every node mounts at "
@@ -43,9 +44,9 @@ def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: li
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():  # the pipeline started it for sampling; a direct call may not have
-        from distill.pipeline import start_ray
+        from distill.ray_runtime import start_ray
 
-        start_ray(run)
+        start_ray(run.recipe.cluster.address)
     scaling, backend = worker_placement(run.recipe.train.workers, run.recipe.cluster.accelerator_type)
     relay = ray.remote(num_cpus=0)(_Relay).remote()
     trainer = TorchTrainer(
@@ -125,8 +126,6 @@ def _train_worker(config: dict) -> dict:
     remote run it trains in its node's copy and pushes what it wrote."""
     import ray.train
 
-    from distill.stages.train import fit
-
     run, relay, resume_from = config["run"], config["relay"], config["resume_from"]
     mirror = None
     if run.remote:
@@ -135,7 +134,7 @@ def _train_worker(config: dict) -> dict:
     elif not (run.dir / "recipe.resolved.yaml").is_file():
         raise RuntimeError(f"{run.dir} does not exist on {socket.gethostname()}: {SHARED_STORAGE}")
     rank0 = ray.train.get_context().get_world_rank() == 0
-    facts = fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
+    facts = sft.fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
                 on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None,
                 callbacks=[_push_on_save(mirror)] if mirror else [])
     if mirror:
@@ -174,7 +173,7 @@ def _push_on_save(mirror):
 
 def _absolute(base):
     path = Path(base.path)
-    return dataclasses.replace(base, path=str(path.resolve())) if path.exists() else base  # else a hub id
+    return dataclasses.replace(base, load_from=str(path.resolve())) if path.exists() else base  # else a hub id
 
 
 class _Relay:

@@ -1,0 +1,203 @@
+"""Supervised fine-tuning of the student with TRL's SFTTrainer: one process, or one rank of a
+Ray Train worker group (distill/training/ray_train.py), the same code either way.
+
+The dataset is in TRL's prompt-completion chat format, so the loss covers the completion only
+and the student's own chat template renders the turns. HF's Trainer finds a process group when
+Ray Train set one up, wraps the model in DDP (or DeepSpeed ZeRO-2/3) and deals each rank its own
+rows. Rank 0 writes `student/` in one rename, so a `student/` that exists is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from distill import storage
+from distill.models import StudentBase
+from distill.stages.dataset import read_dataset
+from distill.training.config import _has_cuda, lora_config, sft_config_kwargs
+from distill.training.cpu import completion_rows_only_head, packed_sequences_attend_alone
+
+
+class _Progress:
+    """Feeds the trainer's steps to a progress bar and its logs to `on_log`."""
+
+    def __new__(cls, progress, on_log=None):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                if progress:
+                    progress.start(total=state.max_steps, completed=state.global_step)
+
+            def on_step_end(self, args, state, control, **kw):
+                if progress:
+                    progress.advance(1)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if on_log:
+                    on_log({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+
+        return Callback()
+
+
+class _ShardTally:
+    """What one rank's data loader handed to the model: rows, real tokens, and an order-free
+    digest (the sum of the rows' hashes mod 2**64). The ranks' digests add up to the dataset's
+    own when they split it without overlap: the record that every worker trained on its share."""
+
+    def __init__(self):
+        self.rows = self.tokens = self.digest = 0
+
+    def wrap(self, collate):
+        def counted(examples):
+            for e in examples:
+                self.rows += 1
+                self.tokens += len(e["input_ids"])
+                self.digest = (self.digest + row_hash(e["input_ids"])) % 2**64
+            return collate(examples)
+
+        return counted
+
+
+def row_hash(input_ids) -> int:
+    import array
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(array.array("q", input_ids).tobytes()).digest()[:8], "little")
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. The trainer writes trainer_state.json last, so a checkpoint
+    that a kill cut short is passed over (the trainer's own `resume_from_checkpoint=True` would take it)."""
+    steps = {}
+    for p in checkpoints.glob("checkpoint-*"):
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file():
+            steps[int(p.name.split("-")[-1])] = p
+    return steps[max(steps)] if steps else None
+
+
+def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_to: list[str] = (),
+        on_log=None, callbacks: list = ()) -> dict:
+    """Builds the SFTTrainer and trains: the whole stage in this process, or one rank of a Ray
+    Train worker group (the Trainer joins the process group it finds). Every rank calls this;
+    rank 0 writes student/. `callbacks` are more TrainerCallbacks (a Ray worker's copy of a
+    remote run pushes each checkpoint with one). Returns what the summary needs (meaningful on rank 0)."""
+    if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, imported by transformers, warns that it guessed
+    import gc
+
+    import datasets
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    # distill draws one bar for the stage; the libraries' own bars and log prints would interleave with it.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+    recipe = run.recipe
+    data = datasets.Dataset(read_dataset(run.dir).select(["prompt", "completion"]))
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**sft_config_kwargs(run, run.dir / "train" / "checkpoints", list(report_to))),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
+        callbacks=[_Progress(progress, on_log), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
+    tally = _ShardTally()
+    counted = not trainer.args.dataloader_num_workers  # loader processes (trl_args) would keep the counts
+    if counted:
+        trainer.data_collator = tally.wrap(trainer.data_collator)
+    started = time.time()
+    with completion_rows_only_head(), packed_sequences_attend_alone():
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.time() - started
+
+    shard = {"rank": trainer.args.process_index, **_ray_node()}
+    if counted:
+        shard.update(rows=tally.rows, tokens=tally.tokens, digest=f"{tally.digest:016x}")
+    shards, backend = [shard], None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = torch.distributed.get_backend()
+        shards = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, shard)
+    _save_student(trainer, tokenizer, run, base)
+    facts = {
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": seconds,
+        "world_size": trainer.args.world_size,
+        "backend": backend,
+        "shards": shards,
+        "tokens_per_epoch": _trained_tokens(trainer.train_dataset),
+        "dataset_digest": f"{sum(map(row_hash, trainer.train_dataset['input_ids'])) % 2**64:016x}",
+        "log": [e for e in trainer.state.log_history if "loss" in e],
+    }
+    del trainer, model  # the evaluate stage's engines want this memory back
+    gc.collect()
+    return facts
+
+
+def _ray_node() -> dict:
+    """{"node": the Ray node this rank ran on} inside a Ray Train worker, else {}."""
+    import sys
+
+    ray = sys.modules.get("ray")  # loaded by Ray's workers; a plain in-process run never imports it
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"node": ray.get_runtime_context().get_node_id()[:8]}
+
+
+def _save_student(trainer, tokenizer, run, base: StudentBase) -> None:
+    """Every rank takes part (ZeRO-3 gathers the weight shards here); rank 0 writes student/ in one rename.
+    Elsewhere each rank holds the whole model, and rank 0 saves its own copy."""
+    if run.recipe.train.method == "lora":  # a student is one model directory: fold the adapter in
+        trainer.model = trainer.model.merge_and_unload()
+    zero3 = trainer.is_deepspeed_enabled and run.recipe.train.deepspeed_stage == 3
+    state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if zero3 else None
+    if trainer.is_world_process_zero():
+        student_dir = run.dir / "student"
+        tmp = run.dir / f".student-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        storage.write_json(tmp / "distill.json", {"revision": f"distill-run-{run.id}", "licence": base.licence or "unknown",
+                                                  "params_b": _params_b(trainer.model)})
+        if student_dir.exists():  # a stale partial from an older code version; never a finished one
+            shutil.rmtree(student_dir)
+        os.replace(tmp, student_dir)
+    trainer.accelerator.wait_for_everyone()  # student/ exists for every rank once this returns
+
+
+def _trained_tokens(dataset) -> int:
+    """Real (non-padding) tokens per epoch: what the throughput benchmark compares."""
+    if "seq_lengths" in dataset.column_names:  # packed rows list the lengths of what they hold
+        return sum(sum(x) for x in dataset["seq_lengths"])
+    return sum(len(x) for x in dataset["input_ids"])
+
+
+def _params_b(model) -> float:
+    # Under ZeRO-3 a rank holds empty placeholders; DeepSpeed keeps the full size in ds_numel.
+    return round(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) / 1e9, 4)
+
+
+def weights_digest(path: Path) -> str:
+    """Content hash of the weight files: the student's revision in the lineage."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
