@@ -95,7 +95,7 @@ def reworded(question: str, rng: random.Random) -> str:
 
 
 def shingles(text: str, n: int = 5) -> set:
-    from distill.filters.dedup import text_words
+    from distill.filters.ngrams import text_words
 
     w = text_words(text)
     return set(zip(*(w[k:] for k in range(n))))
@@ -136,7 +136,8 @@ def synthetic_records(n: int, seed: int = 0) -> dict:
 
 def near_dedup_side(size: int) -> dict:
     from distill.filters import FilterContext
-    from distill.filters.dedup import NearDedupParams, lsh_bands, near_dedup
+    from distill.filters.dedup import NearDedupParams, near_dedup
+    from distill.filters.minhash import lsh_bands
 
     data = synthetic_records(size)
     p = NearDedupParams()
@@ -154,7 +155,8 @@ def near_dedup_side(size: int) -> dict:
 def near_dedup_baseline_side(sample: int) -> dict:
     from datasketch import MinHash
 
-    from distill.filters.dedup import NearDedupParams, text_words
+    from distill.filters.dedup import NearDedupParams
+    from distill.filters.ngrams import text_words
 
     p = NearDedupParams()
     rows = synthetic_records(sample)["rows"]
@@ -202,7 +204,7 @@ def decontaminate_side(size: int) -> dict:
 
 def decontaminate_baseline_side(sample: int) -> dict:
     from distill.filters.decontaminate import DecontaminateParams
-    from distill.filters.dedup import text_words
+    from distill.filters.ngrams import text_words
 
     p = DecontaminateParams()
     data = synthetic_records(sample)

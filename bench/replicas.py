@@ -37,7 +37,7 @@ LOCAL_SH = ROOT / "cluster" / "local.sh"
 
 def cluster_env(state: Path) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
-    from localcluster import free_base_port  # the tests' port finder: Ray binds ports near the ones given
+    from support.localcluster import free_base_port  # the tests' port finder: Ray binds ports near the ones given
 
     env = {**os.environ, "DISTILL_LOCAL_RAY_DIR": str(state), "DISTILL_LOCAL_RAY_BIN": str(Path(sys.executable).parent),
            # Two logical CPUs a worker: an engine's one, and room for the quarter-CPU light stages

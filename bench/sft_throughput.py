@@ -43,12 +43,11 @@ def synthetic_rows(n: int, seed: int) -> list[dict]:
 
 def write_run(tmp: Path, args) -> Path:
     """A recipe and a dataset in a run directory, as the dataset stage would leave them."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
-    from distill.stages.dataset import DATASET_SCHEMA
+    from distill.schema import DATASET_SCHEMA
 
     base = args.model if args.model != "tiny" else str(tiny_model(tmp))
     recipe = {
@@ -69,14 +68,13 @@ def write_run(tmp: Path, args) -> Path:
     else:
         rows = synthetic_rows(args.rows, seed=0)
     full = [{**r, **{k: "bench" for k in DATASET_SCHEMA.names if k not in r}} for r in rows]
-    (run.dir / "dataset").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(full, schema=DATASET_SCHEMA), run.dir / "dataset" / "train.parquet")
+    run.files.write_dataset(full)
     return tmp / "recipe.yaml"
 
 
 def tiny_model(tmp: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from conftest import build_tiny_model
+    from support.models import build_tiny_model
 
     target = tmp / "tiny-model"
     return target if (target / "config.json").is_file() else build_tiny_model(target)
@@ -135,13 +133,12 @@ def baseline_side(recipe_path: str, batch_size: int) -> dict:
 
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
-    from distill.stages.dataset import read_dataset
     from distill.hardware import cpu_has_bf16
 
     run = open_run(load_recipe(recipe_path))
     t = run.recipe.train
     base = run.recipe.student_base
-    data = datasets.Dataset(read_dataset(run.dir).select(["prompt", "completion"]))
+    data = datasets.Dataset(run.files.read_dataset().select(["prompt", "completion"]))
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32),
         args=SFTConfig(output_dir=str(run.dir / "baseline"), num_train_epochs=1, learning_rate=t.learning_rate,

@@ -31,14 +31,14 @@ def plain_vllm(recipe_path: str) -> dict:
     from distill.backends.vllm_ray import cpu_engine_env, engine_kwargs
     from distill.pipeline import open_run
     from distill.recipe import load_recipe
-    from distill.stages.prompts import build_prompts, read_prompts
+    from distill.stages.prompts import build_prompts
     from distill.stages.sample import plan_work
     from distill.teachers import model_path
 
     recipe = load_recipe(recipe_path)
     run = open_run(recipe)
-    build_prompts(recipe, run.dir)
-    work = plan_work(recipe, read_prompts(run.dir, "train"), done=set())
+    build_prompts(run)
+    work = plan_work(recipe, run.files.read_prompts("train"), done=set())
     os.environ.update(cpu_engine_env())
     started = time.time()  # before importing vllm: the factory's engine actor pays that import too
     from vllm import LLM, SamplingParams

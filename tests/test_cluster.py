@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import write_tiny_teacher
-from localcluster import distill_cli, engine_actors, job_status, local_cluster, node_names, wait_until
+from support.localcluster import distill_cli, engine_actors, job_status, local_cluster, node_names, wait_until
+from support.models import write_tiny_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +138,7 @@ def test_a_killed_engine_replica_is_replaced_and_no_sample_is_lost(cluster, tiny
             answered[name] = answered.get(name, 0) + k
     assert sum(answered.values()) == prompts * n
     assert len(answered) == sum(len(pids) for pids in replicas.values())  # one entry per engine process
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     page = build_report(run_dir).read_text()
     assert "the prompt stream; 1 replica process died and Ray started a replacement" in page

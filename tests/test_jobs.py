@@ -23,9 +23,9 @@ import distill
 from distill import jobs
 from distill.cli import app
 
-import localcluster
-from conftest import write_tiny_teacher
-from localcluster import LOCAL_SH, ROOT, distill_cli, job_status
+from support import localcluster
+from support.localcluster import LOCAL_SH, ROOT, distill_cli, job_status
+from support.models import write_tiny_teacher
 
 runner = CliRunner()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from distill.pipeline import RunBusy, _lock, open_run, run_pipeline
+from distill.pipeline import RunBusy, open_run, run_pipeline
+from distill.run import lock
 from distill.recipe import load_recipe
 
 
@@ -27,7 +28,7 @@ class NoBackend:
 
 
 def test_a_second_process_on_the_same_run_is_refused(recipe):
-    held = _lock(open_run(recipe).dir)
+    held = lock(open_run(recipe))
     try:
         with pytest.raises(RunBusy, match="in use by another distill process"):
             run_pipeline(recipe, until="prompts", backend=NoBackend())

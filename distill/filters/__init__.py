@@ -12,18 +12,22 @@ Each row is a dict with at least: sample_id, prompt_id, prompt_text, completion,
 finish_reason, completion_tokens, prompt_source. The recipe decides per filter whether a
 flagged row is dropped or only marked (`mode: drop | mark`); the filter itself only judges.
 A filter may rewrite a completion (PII redaction) by returning it in `completion`: the row is
-then kept with the new text, and the rewrite is recorded.
+then kept with the new text, and the rewrite is recorded. Plug-ins register under the
+entry-point group `distill.filters` or are named in a recipe as `package.module:function`
+(docs/extending.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from distill.registry import Registry
 
-FILTERS = Registry("filter")
+FILTERS = Registry("filter", group="distill.filters")
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ class FilterContext:
 
 
 def _load_builtins() -> None:
-    # Importing the modules runs their @FILTERS.register decorators.
-    from distill.filters import decontaminate, dedup, pii, safety, sanity  # noqa: F401
+    # Importing every module of the package runs its @FILTERS.register decorators.
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 _load_builtins()

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.filters import FILTERS, FilterContext, FilterVerdict
-from distill.filters.dedup import ngram_hashes, text_words
+from distill.filters.ngrams import ngram_hashes, text_words
 from distill.registry import Params
 
 Format = Literal["jsonl", "json", "parquet"]

@@ -4,111 +4,19 @@ The code is generic over the terms files (terms/*.yaml): every rule it applies i
 some licence's terms, and every finding cites that licence's clause. Obligations combine over
 every source, the strictest wins, and conflicts are reported, never resolved silently. A
 refusal stands unless the user records an acknowledgement naming its rule.
+The records it reads and returns live in types.py; render.py turns a decision into text.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Sequence
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Sequence
 
 from distill.licensing.terms import ROUTINE_KINDS, Catalog, Role, Terms, shipped
+from distill.licensing import types
+from distill.licensing.types import Decision, Issue, LicenceError, Obligation, Ref, StudentLicence, Use
 from distill.registry import closest
-
-Verdict = Literal["allowed", "allowed-with-obligations", "refused"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LicenceError(ValueError):
-    """An input the engine cannot judge (a dataset licence given for a teacher, a base of unknown licence)."""
-
-
-class Acknowledgement(Strict):
-    """An explicit, recorded decision to go ahead despite a refusal; it names the rule it overrides."""
-
-    rule: str = Field(min_length=1, description="the refused rule's id, e.g. 'llama3.1:name-prefix'")
-    reason: str = Field(min_length=1, description="why it is acceptable: a written permission, an internal-only model, ...")
-
-
-class Ref(Strict):
-    """One licensed input: its licence id and, for messages and family checks, what it is."""
-
-    licence: str
-    label: str = ""  # e.g. "teacher llama-3.1-405b-instruct"
-    model: str | None = None  # hub id; a Qwen base under Apache-2.0 is still a Qwen model
-
-
-class Use(Strict):
-    # None: not named yet (a dataset-only run); name rules then become obligations.
-    student_name: str | None = None
-    # None: not declared; non-commercial terms then become obligations instead of refusals.
-    commercial: bool | None = True
-    competing: bool = False  # the student competes with an API provider whose outputs it learns from
-    acknowledge: list[Acknowledgement] = []
-
-
-class SourceRole(Strict):
-    label: str
-    licence: str
-    role: Role
-    why: str
-
-
-class Obligation(Strict):
-    licence: str
-    kind: str
-    what: str
-    text: str | None = None  # to ship or display verbatim
-    url: str | None = None
-    value: int | str | None = None  # a name prefix, a user threshold
-    routine: bool  # only travels with copies (ship the licence, keep notices)
-    citation: str
-    sources: list[str]
-
-
-class Issue(Strict):
-    rule: str  # "<licence>:<aspect>" or "conflict:<aspect>"; an acknowledgement names it
-    kind: Literal["refusal", "conflict"]
-    blocking: bool
-    message: str
-    sources: list[str]
-    citations: list[str]
-    ways_out: list[str]
-    acknowledged: Acknowledgement | None = None
-
-
-class StudentLicence(Strict):
-    license: str  # the card's `license`: a hub id, or "other"
-    license_name: str | None = None
-    license_link: str | None = None
-    governed_by: list[str]  # licence ids whose terms govern the weights
-    citation: str
-
-
-class Decision(Strict):
-    verdict: Verdict
-    student: str | None
-    commercial: bool | None
-    competing: bool
-    student_licence: StudentLicence | None  # None: no base and no teacher claims the weights
-    name_prefix: str | None  # the strictest prefix every source accepts
-    non_commercial: bool
-    mau_threshold: int | None  # the lowest user threshold of any source
-    sources: list[SourceRole]
-    issues: list[Issue]
-    obligations: list[Obligation]
-    acknowledged: list[Acknowledgement]
-    warnings: list[str]
-
-    @property
-    def refusals(self) -> list[Issue]:
-        return [i for i in self.issues if i.blocking and i.acknowledged is None]
 
 
 @dataclass(frozen=True)
@@ -337,7 +245,7 @@ class _Decider:
                     "base model's licence unless a teacher's terms make it a derivative (licences.md, rules that follow)")
         return e.why
 
-    def apply_acknowledgements(self) -> list[Acknowledgement]:
+    def apply_acknowledgements(self) -> list[types.Acknowledgement]:
         used = []
         for ack in self.use.acknowledge:
             issue = self.issues.get(ack.rule)
@@ -397,7 +305,7 @@ def decide(
     issues = list(d.issues.values())
     obligations = list(d.obligations.values())
     if any(i.blocking and i.acknowledged is None for i in issues):
-        verdict: Verdict = "refused"
+        verdict: types.Verdict = "refused"
     elif issues or d.non_commercial or any(not o.routine for o in obligations):
         verdict = "allowed-with-obligations"
     else:
@@ -405,135 +313,6 @@ def decide(
     return Decision(
         verdict=verdict, student=use.student_name, commercial=use.commercial, competing=use.competing,
         student_licence=student_licence, name_prefix=prefix, non_commercial=d.non_commercial, mau_threshold=mau,
-        sources=[SourceRole(label=e.ref.label, licence=e.terms.id, role=e.role, why=e.why) for e in d.entries],
+        sources=[types.SourceRole(label=e.ref.label, licence=e.terms.id, role=e.role, why=e.why) for e in d.entries],
         issues=issues, obligations=obligations, acknowledged=acknowledged, warnings=d.warnings,
     )
-
-
-# -- recipes ------------------------------------------------------------------------------
-
-
-def _acknowledgements(items: Any) -> list[Acknowledgement]:
-    out = []
-    for item in items or []:
-        if isinstance(item, BaseModel):
-            item = item.model_dump()
-        out.append(Acknowledgement.model_validate(item))
-    return out
-
-
-def _licence_from_card(model_dir: Path) -> str | None:
-    """The `license` (or `license_name` for `other`) in a local model's README.md front matter."""
-    import yaml
-
-    readme = model_dir / "README.md"
-    if not readme.is_file():
-        return None
-    parts = readme.read_text(errors="replace").split("---", 2)
-    if len(parts) < 3 or parts[0].strip():
-        return None
-    try:
-        meta = yaml.safe_load(parts[1]) or {}
-    except yaml.YAMLError:
-        return None
-    if not isinstance(meta, dict):
-        return None
-    lic = meta.get("license")
-    return meta.get("license_name") if lic == "other" else lic
-
-
-def _base_ref(student: Any, base_dir: Path) -> Ref:
-    from distill.teachers import load_teacher
-
-    declared = getattr(student, "base_licence", None)
-    try:
-        entry = load_teacher(student.base, base_dir)
-    except ValueError:
-        entry = None
-    if entry is not None:
-        if declared and declared != entry.licence:
-            raise LicenceError(
-                f"student.base_licence {declared!r} contradicts teacher entry {entry.id!r} (licence {entry.licence!r}); "
-                "remove base_licence or fix the entry"
-            )
-        return Ref(licence=entry.licence, label=f"base {entry.id}", model=entry.model)
-    licence = declared or _licence_from_card(base_dir / student.base)
-    if not licence:
-        raise LicenceError(
-            f"cannot tell the licence of base model {student.base!r}: name a teacher id or teacher YAML, "
-            "give the model directory a README.md with a `license:` field, or set student.base_licence"
-        )
-    return Ref(licence=licence, label=f"base {student.base}", model=student.base)
-
-
-def decide_for_recipe(recipe: Any) -> Decision:
-    """The decision for a loaded recipe: its teacher, its student (name, base, use) and its prompt sources."""
-    from distill.teachers import load_teacher
-
-    teacher = load_teacher(recipe.teacher.id, recipe.base_dir)
-    teachers = [Ref(licence=teacher.licence, label=f"teacher {teacher.id}", model=teacher.model)]
-    prompts = [Ref(licence=c.params.licence, label=f"prompts.train[{i}] {c.source}")
-               for i, c in enumerate(recipe.prompts.train)]
-    eval_prompts = [Ref(licence=c.params.licence, label=f"prompts.eval[{i}] {c.source}")
-                    for i, c in enumerate(recipe.prompts.eval)]
-    student = recipe.student
-    if student is None:  # samples only: rules about the student become obligations on whoever trains one
-        return decide(teachers, None, prompts, Use(student_name=None, commercial=None), eval_prompts=eval_prompts)
-    use = Use(
-        student_name=student.name,
-        commercial=student.commercial_use,
-        competing=getattr(student, "competing", False),
-        acknowledge=_acknowledgements(getattr(student, "acknowledge", [])),
-    )
-    return decide(teachers, _base_ref(student, recipe.base_dir), prompts, use, eval_prompts=eval_prompts)
-
-
-# -- output -------------------------------------------------------------------------------
-
-
-def to_dict(decision: Decision) -> dict[str, Any]:
-    """A JSON-able dict (for lineage.json and `--json` output)."""
-    return decision.model_dump(mode="json")
-
-
-def render_text(decision: Decision) -> list[str]:
-    """Plain text lines for a CLI: verdict first, then what blocks, then what is owed."""
-    d = decision
-    use = {True: "commercial use", False: "non-commercial use", None: "use not declared"}[d.commercial]
-    lines = [
-        f"licence decision: {d.verdict}",
-        f"student: {d.student or '(not named)'}; {use}; {'competing' if d.competing else 'not competing'} with API providers",
-    ]
-    if d.student_licence:
-        s = d.student_licence
-        extra = "".join(f", {k}: {v}" for k, v in (("license_name", s.license_name), ("license_link", s.license_link)) if v)
-        lines.append(f"student licence: {s.license}{extra}  [{s.citation}]")
-    if d.name_prefix:
-        lines.append(f"name must begin with: {d.name_prefix!r}")
-    if d.non_commercial:
-        lines.append("non-commercial use only")
-    if d.mau_threshold:
-        lines.append(f"lowest user threshold: {d.mau_threshold:,} monthly active users")
-    lines.append("sources:")
-    lines += [f"  {s.label}: {s.licence} ({s.role}; {s.why})" for s in d.sources]
-    for issue in d.issues:
-        if issue.acknowledged:
-            head = f"ACKNOWLEDGED {issue.rule}: {issue.acknowledged.reason}"
-        else:
-            head = f"{'REFUSED' if issue.blocking else 'CONFLICT (not blocking)'} {issue.rule}: {issue.message}"
-        lines.append(head)
-        if issue.acknowledged:
-            lines.append(f"  overrides: {issue.message}")
-        lines.append(f"  from: {', '.join(issue.sources)}")
-        lines += [f"  cites: {c}" for c in issue.citations]
-        if issue.blocking and not issue.acknowledged:
-            lines.append("  ways out:")
-            lines += [f"    - {w}" for w in issue.ways_out]
-    if d.obligations:
-        lines.append("obligations:")
-    for o in d.obligations:
-        shown = "".join([f' "{o.text}"' if o.text else "", f" <{o.url}>" if o.url else ""])
-        lines.append(f"  - [{o.kind}] {o.what}{shown}")
-        lines.append(f"      cites: {o.citation}; from: {', '.join(o.sources)}")
-    lines += [f"warning: {w}" for w in d.warnings]
-    return lines

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.registry import closest
+from distill.schema import Strict
 
 HERE = Path(__file__).parent / "terms"
 
@@ -37,10 +38,6 @@ ObligationKind = Literal[
     "display", "attribution", "share-alike", "use-policy", "use-restrictions", "other",
 ]
 ROUTINE_KINDS = frozenset({"licence-copy", "notice-file", "modification-notice"})
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Source(Strict):

@@ -17,7 +17,13 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from distill.registry import Params, Registry
 
-PROMPT_SOURCES = Registry("prompt source")
+# Plug-ins register under the entry-point group `distill.prompt_sources`, or a recipe names
+# them as `package.module:function` (docs/extending.md).
+PROMPT_SOURCES = Registry(
+    "prompt source", group="distill.prompt_sources",
+    check=lambda e: None if "licence" in e.params.model_fields else
+    "its params need a `licence` field: every sample carries the licence of the prompt it came from",
+)
 HERE = Path(__file__).parent
 
 

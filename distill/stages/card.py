@@ -7,39 +7,42 @@ dataset/manifest.json, train/summary.json, eval.json, student/distill.json), so
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
+from distill.lineage import dataset_name
+from distill.run import RunDir
 
-from distill import storage
+NAME = "card"
+NEEDS_STUDENT = True
 
 # Hub licence ids the hub knows; anything else is written as `other` plus a name and a link.
 HUB_LICENCES = {
     "apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail", "llama2",
     "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "odc-by", "other",
 }
-REQUIRED_FILES = ("recipe.resolved.yaml", "dataset/manifest.json", "train/summary.json", "student/distill.json")
+
+
+def run(ctx) -> dict:
+    return {"card": str(write_card(ctx.run.dir))}
 
 
 def read_run(run_dir: Path) -> dict:
     """What the card needs, from the run directory; says which file is missing."""
-    run_dir = Path(run_dir)
-    missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
+    files = RunDir(run_dir)
+    required = (files.resolved_recipe, files.manifest, files.train_summary, files.student_meta)
+    missing = files.relative(*(f for f in required if not f.is_file()))
     if missing:
         raise FileNotFoundError(
-            f"{run_dir}: not a finished distill run (missing {', '.join(missing)}); "
+            f"{files.root}: not a finished distill run (missing {', '.join(missing)}); "
             "run the recipe through the train stage first: distill run RECIPE"
         )
-    resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
-    evaluation = run_dir / "eval.json"
     return {
-        "resolved": resolved,
-        "manifest": json.loads((run_dir / "dataset/manifest.json").read_text()),
-        "train": json.loads((run_dir / "train/summary.json").read_text()),
-        "student": json.loads((run_dir / "student/distill.json").read_text()),
-        "eval": json.loads(evaluation.read_text()) if evaluation.is_file() else None,
-        "licence": json.loads((run_dir / "licence.json").read_text()) if (run_dir / "licence.json").is_file() else None,
+        "resolved": files.read_resolved(),
+        "manifest": files.read_json(files.manifest),
+        "train": files.read_json(files.train_summary),
+        "student": files.read_json(files.student_meta),
+        "eval": files.read_json(files.metrics),
+        "licence": files.read_json(files.licence),
     }
 
 
@@ -91,10 +94,6 @@ def lineage(run_dir: Path, info: dict | None = None) -> dict:
         "run_id": r["run_id"],
         "code_version": r["code_version"],
     }
-
-
-def dataset_name(resolved: dict, manifest: dict) -> str:
-    return f"{resolved['recipe']['name']}-sft-{manifest['content_sha256'][:12]}"
 
 
 def model_card(run_dir: Path) -> str:
@@ -229,9 +228,8 @@ Obligations:
 
 def write_card(run_dir: Path) -> Path:
     """Writes student/README.md and lineage.json; returns the card's path."""
-    run_dir = Path(run_dir)
+    files = RunDir(run_dir)
     info = read_run(run_dir)
-    storage.write_json(run_dir / "lineage.json", lineage(run_dir, info))
-    target = run_dir / "student" / "README.md"
-    storage.write_text(target, model_card(run_dir))
-    return target
+    files.write_json(files.lineage, lineage(run_dir, info))
+    files.write_text(files.model_card, model_card(run_dir))
+    return files.model_card

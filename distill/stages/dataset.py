@@ -13,35 +13,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+NAME = "dataset"
+NEEDS_STUDENT = False
 
-from distill import storage
-from distill.stages.sample import read_samples
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-DATASET_SCHEMA = pa.schema([
-    ("prompt", pa.list_(MESSAGE)),
-    ("completion", pa.list_(MESSAGE)),
-    ("sample_id", pa.string()),
-    ("prompt_id", pa.string()),
-    ("prompt_source", pa.string()),
-    ("prompt_licence", pa.string()),
-    ("teacher_id", pa.string()),
-    ("teacher_licence", pa.string()),
-    ("flags", pa.list_(pa.string())),  # the filters that marked (not dropped) this row
-])
+def run(ctx) -> dict:
+    out = build_dataset(ctx.run)
+    ctx.tracker.log({k: out[k] for k in ("rows", "samples", "prompts_with_a_kept_sample", "dropped")}, NAME)
+    ctx.tracker.table("dataset/rows", _sample_rows(ctx.run.files.read_dataset()))
+    return out
+
+
+def _sample_rows(table, limit: int = 200) -> list[dict]:
+    """A readable slice of the dataset for the tracker's table view."""
+    rows = table.slice(0, limit).to_pylist()
+    return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"][-1]["content"], "completion": r["completion"][0]["content"],
+             "teacher": r["teacher_id"]} for r in rows]
 
 
 def build_dataset(run) -> dict:
     """Writes dataset/train.parquet, dataset/manifest.json and dataset/README.md; returns the manifest."""
-    from distill.stages.filter import read_decisions, read_filter_summary
-
-    samples = read_samples(run.dir).to_pylist()
+    files = run.files
+    samples = files.read_samples().to_pylist()
     samples.sort(key=lambda s: (s["prompt_id"], s["sample_index"]))  # the same order on every machine
-    filtered = read_decisions(run.dir)  # None: no filter stage ran
+    filtered = files.read_decisions()  # None: no filter stage ran
     drops: Counter = Counter()
     seen: set[tuple[str, str]] = set()
     rows = []
@@ -79,9 +75,7 @@ def build_dataset(run) -> dict:
             "teacher_licence": s["teacher_licence"],
             "flags": flags,
         })
-    table = pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
-    out = run.dir / "dataset"
-    storage.write_parquet(out / "train.parquet", table)
+    files.write_dataset(rows)
     manifest = {
         "run_id": run.id,
         "recipe_hash": run.recipe_hash,
@@ -92,17 +86,13 @@ def build_dataset(run) -> dict:
         "prompts_with_a_kept_sample": len({r["prompt_id"] for r in rows}),
         "dropped": dict(sorted(drops.items())),
         "verifiers": _verifier_counts(samples),
-        "filters": (read_filter_summary(run.dir) or {}).get("filters", []),
+        "filters": (files.read_json(files.filter_summary) or {}).get("filters", []),
         "teachers": _teachers(samples),
         "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
     }
-    storage.write_json(out / "manifest.json", manifest)
-    storage.write_text(out / "README.md", dataset_card(run, manifest))
+    files.write_json(files.manifest, manifest)
+    files.write_text(files.dataset_card, dataset_card(run, manifest))
     return manifest
-
-
-def read_dataset(run_dir: Path) -> pa.Table:
-    return pq.read_table(run_dir / "dataset" / "train.parquet")
 
 
 def content_hash(rows: list[dict]) -> str:
@@ -202,10 +192,9 @@ def _filter_lines(filters: list[dict]) -> str:
 
 def _licence_text(run) -> str:
     """What the licence engine decided for the run (licence.json), for the people who reuse the data."""
-    f = run.dir / "licence.json"
-    if not f.is_file():
+    d = run.files.read_json(run.files.licence)
+    if d is None:
         return "No licence decision is recorded for this run: check each source's terms before you publish."
-    d = json.loads(f.read_text())
     lines = [f"The licence engine's decision for this run: **{d['verdict']}**."]
     if d["non_commercial"]:
         lines.append("Non-commercial use only.")

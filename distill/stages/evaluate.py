@@ -8,53 +8,40 @@ missing; `eval.json` holds the metrics.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from distill import storage
 from distill.lineage import sample_seed
-from distill.stages.sample import VERDICT, messages_for, sampling_params
+from distill.stages.requests import messages_for, sampling_params
 from distill.stages.verify import accepted, verify_batch
 from distill.teachers import Serving, Teacher
 
-EVAL_SCHEMA = pa.schema([
-    ("role", pa.string()),  # teacher | student
-    ("model_id", pa.string()),
-    ("model_revision", pa.string()),
-    ("prompt_id", pa.string()),
-    ("kind", pa.string()),  # sampled | greedy
-    ("sample_index", pa.int32()),
-    ("seed", pa.int64()),
-    ("completion", pa.string()),
-    ("finish_reason", pa.string()),
-    ("completion_tokens", pa.int32()),
-    ("error", pa.string()),
-    ("verdicts", pa.list_(VERDICT)),
-    ("correct", pa.bool_()),
-])
-
+NAME = "evaluate"
+NEEDS_STUDENT = True
 GREEDY = "greedy"
+
+
+def run(ctx) -> dict:
+    out = evaluate(ctx.run, ctx.serve, ctx.progress_factory, ctx.served_by_id)
+    ctx.tracker.summary({role: {k: v for k, v in out[role].items() if isinstance(v, (int, float))}
+                         for role in ("teacher", "student")}, "eval")
+    return out
 
 
 def student_as_model(run) -> Teacher:
     """The trained student described like a teacher, so the same backend serves it."""
-    student_dir = run.dir / "student"
-    summary = json.loads((run.dir / "train" / "summary.json").read_text())
+    files = run.files
+    summary = files.read_json(files.train_summary)
     base = run.recipe.student_base
     serving = base.entry.serving if base.entry is not None else Serving()  # a local base: vLLM's defaults
-    meta = json.loads((student_dir / "distill.json").read_text())
-    return Teacher(id=run.recipe.student.name, model=str(student_dir), revision=summary["weights_sha256"][:16],
+    meta = files.read_json(files.student_meta)
+    return Teacher(id=run.recipe.student.name, model=str(files.student_dir), revision=summary["weights_sha256"][:16],
                    licence=base.licence or "unknown", params_b=meta["params_b"], serving=serving)
 
 
 def eval_prompts(run) -> list[dict]:
-    from distill.stages.prompts import read_prompts
-
-    prompts = read_prompts(run.dir, "eval")
+    prompts = run.files.read_prompts("eval")
     if not prompts:
         raise RuntimeError(
             "the evaluate stage needs held-out prompts: add a `prompts.eval` source to the recipe "
@@ -116,9 +103,7 @@ def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: lis
         row["verdicts"] = v
         row["correct"] = accepted(v, row["error"])
     rows.sort(key=lambda r: (r["prompt_id"], r["kind"], r["sample_index"]))
-    table = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
-    storage.write_parquet(run.dir / "eval" / f"{role}.parquet", table)
-    return table
+    return run.files.write_eval_answers(role, rows)
 
 
 TEACHER_EVAL = "eval|"  # work id prefix of the teacher's eval requests when they ride along with sampling
@@ -127,13 +112,11 @@ TEACHER_EVAL = "eval|"  # work id prefix of the teacher's eval requests when the
 def teacher_eval_work(run) -> tuple[list[dict], list[dict]] | None:
     """(prompts, work) of the teacher's evaluation, to send with the sample stage's requests so the
     teacher's engine is started once for both; None when it is already done or cannot be done."""
-    from distill.stages.prompts import read_prompts
-
-    if run.recipe.student is None or not read_prompts(run.dir, "eval"):
+    if run.recipe.student is None or not run.files.read_prompts("eval"):
         return None
     prompts = eval_prompts(run)
-    done = run.dir / "eval" / "teacher.parquet"
-    if done.is_file() and _matches(pq.read_table(done), run.teacher, len(prompts) * (run.recipe.eval.k + 1)):
+    done = run.files.read_eval_answers("teacher")
+    if done is not None and _matches(done, run.teacher, len(prompts) * (run.recipe.eval.k + 1)):
         return None
     return prompts, plan_eval(run.recipe, prompts)
 
@@ -177,9 +160,9 @@ def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
     tables = {}
     started = time.time()
     for role, model in models.items():
-        path = run.dir / "eval" / f"{role}.parquet"
-        if path.is_file() and _matches(pq.read_table(path), model, len(prompts) * (run.recipe.eval.k + 1)):
-            tables[role] = pq.read_table(path)
+        saved = run.files.read_eval_answers(role)
+        if saved is not None and _matches(saved, model, len(prompts) * (run.recipe.eval.k + 1)):
+            tables[role] = saved
             continue
         progress = progress_factory(f"evaluating {role}") if progress_factory else None
         tables[role] = answer(run, role, model, backend_for(model), prompts, progress, judge)
@@ -198,7 +181,7 @@ def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
     t, s = result["teacher"], result["student"]
     result["student_minus_teacher"] = {"pass@1": s["pass@1"] - t["pass@1"],
                                        "greedy_accuracy": s["greedy_accuracy"] - t["greedy_accuracy"]}
-    storage.write_json(run.dir / "eval.json", result)
+    run.files.write_json(run.files.metrics, result)
     return result
 
 
@@ -206,8 +189,3 @@ def _matches(table: pa.Table, model: Teacher, expected_rows: int) -> bool:
     """A saved answer file counts only if it is this model's (same weights) and complete."""
     revisions = set(table["model_revision"].to_pylist())
     return table.num_rows == expected_rows and revisions == {model.revision}
-
-
-def read_eval(run_dir: Path) -> dict | None:
-    f = run_dir / "eval.json"
-    return json.loads(f.read_text()) if f.is_file() else None

@@ -10,39 +10,30 @@ drop traced to its reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from distill import storage
 from distill.filters import FILTERS, FilterContext, FilterVerdict
 from distill.lineage import digest
-from distill.stages.sample import read_samples
 
-DECISION = pa.struct([
-    ("filter", pa.string()),
-    ("flagged", pa.bool_()),
-    ("action", pa.string()),  # passed | dropped | marked | redacted
-    ("reason", pa.string()),
-    ("category", pa.string()),
-])
-DECISIONS_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("kept", pa.bool_()),
-    ("completion", pa.string()),  # the text that goes on: redacted where a filter rewrote it
-    ("decisions", pa.list_(DECISION)),
-])
+NAME = "filter"
+NEEDS_STUDENT = False
+
 # What a filter function sees of each sample.
 ROW_FIELDS = ("sample_id", "prompt_id", "prompt_text", "completion", "finish_reason", "completion_tokens",
               "prompt_source", "prompt_licence", "teacher_id")
 
 
-def candidates(run_dir: Path) -> list[dict]:
+def run(ctx) -> dict:
+    out = filter_samples(ctx.run, ctx.served_by_id, ctx.progress_factory)
+    ctx.tracker.log({"candidates": out["candidates"], "kept": out["kept"],
+                     "filters": {f["filter"]: {k: f[k] for k in ("seen", "flagged", "dropped", "marked", "redacted")}
+                                 for f in out["filters"]}}, NAME)
+    return out
+
+
+def candidates(files) -> list[dict]:
     """The samples filters judge: no error and accepted by every required verifier, in a stable order."""
-    table = read_samples(run_dir, list(ROW_FIELDS) + ["sample_index", "accepted", "error"])
+    table = files.read_samples(list(ROW_FIELDS) + ["sample_index", "accepted", "error"])
     rows = [r for r in table.to_pylist() if r["accepted"] and not r["error"]]
     rows.sort(key=lambda r: (r["prompt_id"], r["sample_index"]))
     return [{k: r[k] for k in ROW_FIELDS} for r in rows]
@@ -51,17 +42,14 @@ def candidates(run_dir: Path) -> list[dict]:
 def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
     """Runs the recipe's filters; writes filters/decisions.parquet and filters/summary.json.
     `progress_factory(label)` makes a bar per filter, which the filter may advance row by row."""
-    from distill.stages.prompts import read_prompts
-
-    rows = candidates(run.dir)
-    out = run.dir / "filters"
+    files = run.files
+    rows = candidates(files)
     key = digest(sorted(r["sample_id"] for r in rows))
-    summary_file = out / "summary.json"
-    if summary_file.is_file() and (out / "decisions.parquet").is_file():
-        done = json.loads(summary_file.read_text())
+    if files.filter_summary.is_file() and files.decisions.is_file():
+        done = files.read_json(files.filter_summary)
         if done.get("input_digest") == key:  # the same samples went through the same filters
             return done
-    eval_prompts = read_prompts(run.dir, "eval")
+    eval_prompts = files.read_prompts("eval")
     decisions: dict[str, list[dict]] = {r["sample_id"]: [] for r in rows}
     alive = [dict(r) for r in rows]
     stats = []
@@ -90,13 +78,10 @@ def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
                       "by_category": dict(categories.most_common())})
         alive = survivors
     final = {r["sample_id"]: r["completion"] for r in alive}
-    table = pa.Table.from_pylist([
-        {"sample_id": sid, "kept": sid in final, "completion": final.get(sid), "decisions": d}
-        for sid, d in decisions.items()
-    ], schema=DECISIONS_SCHEMA)
-    storage.write_parquet(out / "decisions.parquet", table)
+    files.write_decisions([{"sample_id": sid, "kept": sid in final, "completion": final.get(sid), "decisions": d}
+                           for sid, d in decisions.items()])
     summary = {"input_digest": key, "candidates": len(rows), "kept": len(alive), "filters": stats}
-    storage.write_json(summary_file, summary)
+    files.write_json(files.filter_summary, summary)
     return summary
 
 
@@ -106,16 +91,3 @@ def _action(v: FilterVerdict, mode: str) -> str:
     if v.completion is not None:
         return "redacted"
     return "dropped" if mode == "drop" else "marked"
-
-
-def read_decisions(run_dir: Path) -> dict[str, dict] | None:
-    """sample_id -> {kept, completion, decisions}; None when the filter stage has not run."""
-    f = run_dir / "filters" / "decisions.parquet"
-    if not f.is_file():
-        return None
-    return {r["sample_id"]: r for r in pq.read_table(f, schema=DECISIONS_SCHEMA).to_pylist()}
-
-
-def read_filter_summary(run_dir: Path) -> dict | None:
-    f = run_dir / "filters" / "summary.json"
-    return json.loads(f.read_text()) if f.is_file() else None

@@ -13,79 +13,38 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from distill import storage
-from distill.lineage import digest, sample_id, sample_seed
+from distill.lineage import sample_id, sample_seed
+from distill.run import RunDir
+from distill.stages import evaluate
+from distill.stages.requests import messages_for, sampling_params
 from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
 
-VERDICT = pa.struct([
-    ("verifier", pa.string()),
-    ("score", pa.float64()),  # null: the verifier could not verify
-    ("reason", pa.string()),
-    ("required", pa.bool_()),
-    ("passed", pa.bool_()),
-])
-
-SAMPLE_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("run_id", pa.string()),
-    ("recipe_hash", pa.string()),
-    ("code_version", pa.string()),
-    ("prompt_id", pa.string()),
-    ("prompt_text", pa.string()),
-    ("prompt_source", pa.string()),
-    ("prompt_licence", pa.string()),
-    ("reference", pa.string()),
-    ("messages", pa.string()),  # JSON: exactly the chat turns sent to the teacher
-    ("teacher_id", pa.string()),
-    ("teacher_model", pa.string()),
-    ("teacher_revision", pa.string()),
-    ("teacher_licence", pa.string()),
-    ("backend", pa.string()),
-    ("backend_version", pa.string()),
-    ("engine_args", pa.string()),  # JSON: the engine's arguments as the backend resolved them
-    ("replica", pa.string()),  # the engine replica that generated it (Ray actor, process, node); null if unknown
-    ("sample_index", pa.int32()),
-    ("seed", pa.int64()),
-    ("sampling_params", pa.string()),  # JSON: every parameter the engine received
-    ("temperature", pa.float64()),
-    ("top_p", pa.float64()),
-    ("max_tokens", pa.int32()),
-    ("completion", pa.string()),
-    ("finish_reason", pa.string()),  # stop | length | error
-    ("prompt_tokens", pa.int32()),
-    ("completion_tokens", pa.int32()),
-    ("error", pa.string()),
-    ("verdicts", pa.list_(VERDICT)),
-    ("accepted", pa.bool_()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-])
+NAME = "sample"
+NEEDS_STUDENT = False
 
 
-def sampling_params(recipe, seed: int) -> dict:
-    s = recipe.sampling
-    return {
-        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
-        "max_tokens": s.max_tokens, "repetition_penalty": s.repetition_penalty,
-        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
-        "stop": list(s.stop) or None, "seed": seed, **s.extra,
-    }
+def run(ctx) -> "SampleSummary":
+    """Samples the teacher (verification runs inside, batch by batch). The teacher's evaluation
+    answers ride along when the evaluate stage is to run: its engine starts once, not twice."""
+    run_ = ctx.run
+    backend = ctx.teacher_backend()
+    judge = ctx.served_by_id if model_verifiers(ctx.recipe.verifiers) else None
+    evaluation = evaluate.teacher_eval_work(run_) if "evaluate" in ctx.stages else None
+    side = [{**w, "work_id": evaluate.TEACHER_EVAL + w["work_id"]} for w in evaluation[1]] if evaluation else None
+    out = sample_teacher(run_, backend, ctx.bar("sampling"), backend_for=judge, side_work=side)
+    if evaluation:
+        prompts, work = evaluation
+        answers = [{**r, "work_id": r["work_id"][len(evaluate.TEACHER_EVAL):]} for r in out.side_results]
+        evaluate.write_answers(run_, "teacher", run_.teacher, prompts, work, answers, judge)
+    ctx.tracker.log({"samples": out.samples_total, "accepted": out.accepted, "errors": out.errors,
+                     "accept_rate": out.accepted / out.samples_total if out.samples_total else 0.0,
+                     "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier,
+                     "rounds": out.rounds, "prompts_never_accepted": len(out.never_passed)}, NAME)
+    return out
 
-
-def messages_for(recipe, question: str) -> list[dict]:
-    system = recipe.prompts.system_prompt
-    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": question}]
-
-
-def read_samples(run_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    parts = sorted((run_dir / "samples").glob("part-*.parquet"))
-    if not parts:
-        return SAMPLE_SCHEMA.empty_table().select(columns) if columns else SAMPLE_SCHEMA.empty_table()
-    return pa.concat_tables(pq.read_table(p, columns=columns, schema=SAMPLE_SCHEMA) for p in parts)
 
 
 @dataclass
@@ -138,13 +97,11 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
     round get another round of n samples, up to `sampling.max_rounds` rounds. `backend_for(model
     id)` serves the models of model-running verifiers (the judge).
     """
-    from distill.stages.prompts import read_prompts
-
     recipe = run.recipe
     s = recipe.sampling
-    prompts = {p["prompt_id"]: p for p in read_prompts(run.dir, "train")}
+    prompts = {p["prompt_id"]: p for p in run.files.read_prompts("train")}
     reused = reuse_samples(run)
-    existing = read_samples(run.dir, ["prompt_id", "sample_index"])
+    existing = run.files.read_samples(["prompt_id", "sample_index"])
     done = {f"{p}:{i}" for p, i in zip(existing["prompt_id"].to_pylist(), existing["sample_index"].to_pylist())}
     summary = SampleSummary(prompts=len(prompts), resumed_from=len(done), reused_from=reused)
     if progress:
@@ -155,7 +112,7 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
         if round_ == 0:
             targets = list(prompts.values())
         else:
-            short = short_prompts(read_samples(run.dir, ["prompt_id", "accepted"]), s.accepted_per_prompt, prompts)
+            short = short_prompts(run.files.read_samples(["prompt_id", "accepted"]), s.accepted_per_prompt, prompts)
             targets = [prompts[pid] for pid in short]
             if not targets:
                 break
@@ -171,7 +128,7 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
         if not s.accepted_per_prompt:
             break
     summary.seconds = time.time() - started
-    table = read_samples(run.dir, ["prompt_id", "sample_index", "accepted", "error", "verdicts"])
+    table = run.files.read_samples(["prompt_id", "sample_index", "accepted", "error", "verdicts"])
     _count(summary, table)
     summary.rounds = round_stats(table, s.n)
     summary.never_passed = never_passed(table)
@@ -206,7 +163,7 @@ def _passes(run, backend, info, prompts, work, side, summary, progress, round_: 
                                                 "not retried" if final else
                                                 "retrying what is missing" if attempt + 1 < attempts else "giving up")
         record["answered"] = len(answered) - before
-        _log_attempt(run, record)
+        run.files.append_attempt(record)  # samples/attempts.json: what was asked, answered, redone or failed
         summary.attempts.append(record)
         if final is not None:
             raise final
@@ -217,18 +174,6 @@ def _passes(run, backend, info, prompts, work, side, summary, progress, round_: 
     if missing:
         raise RuntimeError(f"{missing} requests got no result after {attempts} passes (samples/attempts.json); "
                            "run the same command again to resume")
-
-
-def _log_attempt(run, record: dict) -> None:
-    """Appends one pass to samples/attempts.json: what was asked, answered, redone or failed."""
-    path = run.dir / "samples" / "attempts.json"
-    log = json.loads(path.read_text()) if path.is_file() else []
-    storage.write_json(path, log + [record])
-
-
-def read_attempts(run_dir: Path) -> list[dict]:
-    path = run_dir / "samples" / "attempts.json"
-    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool, side_ids: set,
@@ -255,10 +200,8 @@ def _generate(run, backend, info, prompts, work, summary, progress, with_models:
         for row, v in zip(rows, verdicts):
             row["verdicts"] = v
             row["accepted"] = accepted(v, row["error"], recipe.verifiers)
-        part = run.dir / "samples" / f"part-{digest(sorted(r['work_id'] for r in results))}.parquet"
-        for row in rows:
-            row.pop("work_id")
-        storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        work_ids = [row.pop("work_id") for row in rows]
+        run.files.write_sample_part(work_ids, rows)
         summary.samples_new += len(rows)
         summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
         if progress:
@@ -271,8 +214,7 @@ def add_pending_model_verdicts(run, backend_for) -> int:
     atomically. Returns the number of parts rewritten."""
     if not model_verifiers(run.recipe.verifiers):
         return 0
-    parts = {part: pq.read_table(part, schema=SAMPLE_SCHEMA).to_pylist()
-             for part in sorted((run.dir / "samples").glob("part-*.parquet"))}
+    parts = {part: run.files.read_sample_part(part) for part in run.files.sample_parts()}
     before = {part: [len(r["verdicts"] or []) for r in rows] for part, rows in parts.items()}
     if not add_model_verdicts(run.recipe.verifiers, [r for rows in parts.values() for r in rows], backend_for):
         return 0
@@ -280,8 +222,7 @@ def add_pending_model_verdicts(run, backend_for) -> int:
     for part, rows in parts.items():
         if [len(r["verdicts"] or []) for r in rows] == before[part]:
             continue
-        # Written by rename: a part hard-linked from a sibling run keeps its old text there.
-        storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+        run.files.rewrite_sample_part(part, rows)
         rewritten += 1
     return rewritten
 
@@ -325,21 +266,21 @@ def reuse_samples(run) -> str | None:
 
     import yaml
 
-    own = run.dir / "samples"
-    if any(own.glob("part-*.parquet")):
+    own = run.files.samples_dir
+    if run.files.sample_parts():
         return None
     key = run.recipe.samples_key()
     best = None
-    for resolved in run.dir.parent.glob("*/recipe.resolved.yaml"):
-        other = resolved.parent
-        if other == run.dir:
+    for sibling in sorted(run.dir.parent.iterdir()):
+        other = RunDir(sibling)
+        if sibling == run.dir or not other.resolved_recipe.is_file():
             continue
         try:
-            if yaml.safe_load(resolved.read_text()).get("samples_key") != key:
+            if other.read_resolved().get("samples_key") != key:
                 continue
         except (OSError, yaml.YAMLError):
             continue
-        parts = list((other / "samples").glob("part-*.parquet"))
+        parts = other.sample_parts()
         if parts and (best is None or len(parts) > len(best[1])):
             best = (other, parts)
     if best is None:
@@ -350,7 +291,7 @@ def reuse_samples(run) -> str | None:
             os.link(part, own / part.name)
         except OSError:
             shutil.copy2(part, own / part.name)
-    return best[0].name
+    return best[0].root.name
 
 
 def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict:

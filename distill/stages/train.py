@@ -8,29 +8,33 @@ driver writes `train/summary.json`, with the world size, the backend and what ea
 
 from __future__ import annotations
 
-import json
-
-from distill import storage
-from distill.stages.dataset import read_dataset
 from distill.training.sft import fit, last_checkpoint, weights_digest
+
+NAME = "train"
+NEEDS_STUDENT = True
+
+
+def run(ctx) -> dict:
+    out = train_student(ctx.run, ctx.bar("training"), report_to=["wandb"] if ctx.tracker.active else [])
+    ctx.tracker.summary({k: out[k] for k in ("steps", "train_loss", "trained_tokens", "tokens_per_second")}, NAME)
+    return out
 
 
 def train_student(run, progress=None, report_to: list[str] | None = None) -> dict:
     """Trains (or resumes) the student; returns the training summary (also in train/summary.json)."""
-    summary_path = run.dir / "train" / "summary.json"
-    student_dir = run.dir / "student"
-    if summary_path.is_file() and (student_dir / "config.json").is_file():
-        return json.loads(summary_path.read_text())
+    files = run.files
+    if files.trained():
+        return files.read_json(files.train_summary)
 
     recipe = run.recipe
-    rows = read_dataset(run.dir).num_rows
+    rows = files.read_dataset().num_rows
     if rows == 0:
         raise RuntimeError(
-            f"{run.dir / 'dataset'}: no kept samples to train on; manifest.json says what was dropped and why. "
+            f"{files.dataset_dir}: no kept samples to train on; manifest.json says what was dropped and why. "
             "Sample more prompts, raise sampling.n, or relax a verifier's threshold."
         )
     base = recipe.student_base
-    resume_from = last_checkpoint(run.dir / "train" / "checkpoints")
+    resume_from = last_checkpoint(files.checkpoints)
     if recipe.train.workers > 1:
         from distill.training.ray_train import fit_on_ray
 
@@ -53,11 +57,11 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
         "trained_tokens": tokens,
         "seconds": facts["seconds"],
         "tokens_per_second": tokens / facts["seconds"] if facts["seconds"] else 0.0,
-        "weights_sha256": weights_digest(student_dir),
+        "weights_sha256": weights_digest(files.student_dir),
         # Per rank, what this run (after any resume) fed it; see training.sft._ShardTally.
         "data_shards": facts["shards"],
         "dataset_digest": facts["dataset_digest"],
         "log": facts["log"],
     }
-    storage.write_json(summary_path, summary)
+    files.write_json(files.train_summary, summary)
     return summary

@@ -8,20 +8,9 @@ work is generated; a sample is not accepted while a required verdict is missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-from distill.verifiers import VERIFIERS, Verdict
-
-
-@dataclass
-class VerifyContext:
-    """What a context-taking verifier sees besides completions and references, aligned with them."""
-
-    questions: list[str | None]
-    finish_reasons: list[str | None]
-    # model id -> a backend (the teacher backends), for verifiers that run a model.
-    backend_for: Callable[[str], Any] | None = None
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 
 def verify_batch(verifiers: list, completions: list[str | None], references: list[str | None], *,
@@ -42,11 +31,13 @@ def verify_batch(verifiers: list, completions: list[str | None], references: lis
         entry = VERIFIERS.get(spec.name)
         if entry.uses_model and not with_models:
             continue
-        args = [[completions[i] for i in live], [references[i] for i in live], spec.params]
-        verdicts: list[Verdict] = entry.fn(*args, ctx) if entry.takes_context else entry.fn(*args)
+        verdicts: list[Verdict] = entry.fn([completions[i] for i in live], [references[i] for i in live],
+                                           spec.params, ctx)
         if len(verdicts) != len(live):
             raise RuntimeError(f"verifier {spec.name!r} returned {len(verdicts)} verdicts for {len(live)} completions")
         for i, v in zip(live, verdicts):
+            if not isinstance(v, Verdict):  # a plug-in's slip, said plainly rather than as an AttributeError later
+                raise TypeError(f"verifier {spec.name!r} returned a {type(v).__name__}, not a Verdict")
             out[i].append(_verdict_dict(spec, v))
     return out
 

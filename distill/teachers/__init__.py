@@ -1,7 +1,10 @@
-"""Teacher entries: one YAML file per teacher in this folder; code only reads them.
+"""Teacher entries: one YAML file per teacher, named after its id; code only reads them.
 
-A recipe names a teacher by id (a file here) or by the path of a YAML file of the same
-shape, so a team can keep private entries next to its recipes.
+The shipped entries are the repository's top-level teachers/ folder, reached as `SHIPPED`
+(a link to it in a checkout, the files themselves in a wheel). A recipe names a teacher by
+id or by the path of a YAML file of the same shape. Directories of a team's own entries,
+listed in $DISTILL_TEACHERS (separated like PATH), are searched after the shipped ones;
+their ids join the catalogue, and an id found twice is an error naming both files.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from distill.schema import Strict
 
 HERE = Path(__file__).parent
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# A link to the repository's teachers/ folder, which the wheel build follows (pyproject.toml).
+SHIPPED = HERE / "shipped"
+# Directories of the user's own entries, searched after SHIPPED, separated by os.pathsep.
+USER_DIRS_ENV = "DISTILL_TEACHERS"
 
 
 class Serving(Strict):
@@ -98,18 +103,52 @@ class Teacher(Strict):
     serving: Serving = Serving()
     # Set: the teacher is served over HTTP by someone else, and `serving` does not apply.
     endpoint: Endpoint | None = None
+    # The backend registry's name (or a dotted name, package.module:factory) of what serves it;
+    # None: openai-http when it has an endpoint, else vllm-ray.
+    backend: str | None = None
     chat_template: str = ""
     safety_notes: list[str] = []
 
 
+def search_path() -> list[Path]:
+    """Where entries are found, in order: the shipped folder, then each directory of $DISTILL_TEACHERS."""
+    if not SHIPPED.is_dir():  # a checkout made without symlinks, or a broken install
+        raise RuntimeError(f"{SHIPPED} must be the shipped teacher entries: a link to the repository's "
+                           "teachers/ folder (git config core.symlinks true), or that folder itself")
+    user = [Path(d).expanduser() for d in os.environ.get(USER_DIRS_ENV, "").split(os.pathsep) if d]
+    for d in user:
+        if not d.is_dir():
+            raise ValueError(f"{USER_DIRS_ENV}: {d} is not a directory; "
+                             f"list directories of teacher YAML files, separated by {os.pathsep!r}")
+    return [SHIPPED, *user]
+
+
 def catalog() -> dict[str, Path]:
-    """Registered teacher ids and their files."""
-    return {p.stem: p for p in sorted(HERE.glob("*.yaml"))}
+    """Every teacher id and its file: the shipped entries, then the user's ($DISTILL_TEACHERS).
+
+    Raises ValueError when two files claim one id (a user entry may not redefine a shipped one).
+    """
+    found: dict[str, Path] = {}
+    for directory in search_path():
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            if path.stem in found:
+                raise ValueError(
+                    f"teacher id {path.stem!r} is defined twice: {found[path.stem]} and {path}; "
+                    f"rename one (its file name and its id), or remove it from {USER_DIRS_ENV}"
+                )
+            found[path.stem] = path
+    return found
+
+
+def origin(path: Path) -> str:
+    """Where a catalogue entry comes from: 'shipped', or the user directory holding it."""
+    return "shipped" if path.parent == SHIPPED else str(path.parent)
 
 
 def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
     """Load a teacher by id or by YAML path (relative to base_dir). Raises ValueError with what exists."""
-    path = catalog().get(ref)
+    entries = catalog()
+    path = entries.get(ref)
     if path is None:
         candidate = (base_dir or Path.cwd()) / ref
         if ref.endswith((".yaml", ".yml")) and candidate.is_file():
@@ -117,12 +156,12 @@ def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
     if path is None:
         from distill.registry import closest
 
-        ids = list(catalog())
+        ids = list(entries)
         hint = closest(ref, ids)
         tail = f" (did you mean {hint!r}?)" if hint else ""
         raise ValueError(
-            f"unknown teacher {ref!r}{tail}; shipped teachers: {', '.join(ids)}; "
-            "or give the path of a teacher YAML file"
+            f"unknown teacher {ref!r}{tail}; known teachers: {', '.join(ids)}; "
+            f"or give the path of a teacher YAML file, or add its directory to {USER_DIRS_ENV}"
         )
     try:
         data = yaml.safe_load(path.read_text())
@@ -131,8 +170,8 @@ def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
 
         raise ValueError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     teacher = Teacher.model_validate(data)
-    if path.parent == HERE and teacher.id != path.stem:
-        raise ValueError(f"{path.name}: id {teacher.id!r} must match the file name")
+    if entries.get(path.stem) == path and teacher.id != path.stem:  # a catalogue entry: found by its file name
+        raise ValueError(f"{path}: id {teacher.id!r} must match the file name")
     return teacher
 
 

@@ -73,7 +73,7 @@ def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str,
         "completion_only_loss": True,
     }
     if t.deepspeed_stage:
-        ds_path = run.dir / "train" / "deepspeed.json"
+        ds_path = run.files.deepspeed_config
         storage.write_json(ds_path, deepspeed_config(t))
         kwargs["deepspeed"] = str(ds_path)
     kwargs.update(t.trl_args)

@@ -18,7 +18,7 @@ def completion_rows_only_head():
     so that a compiling backend (Neuron) sees one tile shape. In eager PyTorch on a CPU the
     prompt's positions are pure waste: with completion-only loss, a large share of a
     distillation row's tokens, each projected onto the whole vocabulary. The loss, the
-    gradients and the logged metrics are the same (tested); docs/cpu.md has the gain.
+    gradients and the logged metrics are the same (tested); docs/performance.md has the gain.
 
     TRL decides by `trl.trainer.utils._use_triton(device)`, which that module calls for this
     choice only; the wrapper answers yes for CPU devices and leaves the rest to TRL. A TRL

@@ -29,13 +29,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distill import storage
+from distill.run import RunDir
 from distill.training import sft
 
 SHARED_STORAGE = ("with train.workers > 1 every node must reach the run directory: set output_dir to a bucket URI "
                   "(s3://BUCKET/runs, gs://BUCKET/runs; no shared mount needed), or to a path every node mounts at "
                   "the same place (NFS, or one machine)")
-# What a worker reads from the run directory: copied into its node's copy of a remote run.
-TRAINING_INPUTS = ("recipe.resolved.yaml", "dataset", "train/checkpoints")
 
 
 def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: list[str] = ()) -> dict:
@@ -72,12 +71,12 @@ def fit_on_ray(run, base, resume_from: Path | None, progress=None, report_to: li
     if facts is None:  # a Ctrl-C aborted the workers; fit() returns without an error
         raise KeyboardInterrupt("training interrupted; a rerun resumes from train/checkpoints/")
     if run.remote:
-        storage.Mirror(run.remote, run.dir).pull(only=["student", "train"])
-        if not (run.dir / "student" / "config.json").is_file():
+        storage.Mirror(run.remote, run.dir).pull(only=run.files.relative(run.files.student_dir, run.files.train_dir))
+        if not (run.files.student_dir / "config.json").is_file():
             raise RuntimeError(f"rank 0 trained on {facts['host']}, but {run.remote}/student has no config.json: "
                                "its upload failed; the worker's log (distill run --verbose) says why")
-    if not (run.dir / "student" / "config.json").is_file():
-        raise RuntimeError(f"rank 0 wrote {run.dir / 'student'} on {facts['host']}, but this machine does not see it: "
+    if not (run.files.student_dir / "config.json").is_file():
+        raise RuntimeError(f"rank 0 wrote {run.files.student_dir} on {facts['host']}, but this machine does not see it: "
                            f"{SHARED_STORAGE}")
     follower.raise_error()
     return facts
@@ -113,7 +112,7 @@ def _run_config(run):
     from ray.train import RunConfig
 
     if not run.remote:
-        return RunConfig(name="ray", storage_path=str(run.dir / "train"))
+        return RunConfig(name="ray", storage_path=str(run.files.train_dir))
     import pyarrow.fs
 
     fs, path = storage.open_filesystem(storage.join(run.remote, "train"))
@@ -131,7 +130,7 @@ def _train_worker(config: dict) -> dict:
     if run.remote:
         run, resume_from = node_copy(run, resume_from)
         mirror = storage.Mirror(run.remote, run.dir)
-    elif not (run.dir / "recipe.resolved.yaml").is_file():
+    elif not run.files.resolved_recipe.is_file():
         raise RuntimeError(f"{run.dir} does not exist on {socket.gethostname()}: {SHARED_STORAGE}")
     rank0 = ray.train.get_context().get_world_rank() == 0
     facts = sft.fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
@@ -146,8 +145,11 @@ def node_copy(run, resume_from: Path | None):
     """(run, resume_from) in this node's copy of a remote run, with what training reads pulled
     in: the driver's own copy is on another machine, or at another path."""
     local = storage.cache_dir(run.remote)
-    storage.Mirror(run.remote, local).pull(only=TRAINING_INPUTS)
-    if not (local / "recipe.resolved.yaml").is_file():
+    files = RunDir(local)
+    # What a worker reads from the run directory, copied into its node's copy.
+    storage.Mirror(run.remote, local).pull(only=files.relative(files.resolved_recipe, files.dataset_dir,
+                                                                files.checkpoints))
+    if not files.resolved_recipe.is_file():
         raise RuntimeError(f"{run.remote} has no recipe.resolved.yaml on {socket.gethostname()}: the driver has not "
                            "pushed the run there; check that every node can read the bucket (credentials, endpoint)")
     if resume_from is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distill import storage
 from distill.models import StudentBase
-from distill.stages.dataset import read_dataset
+from distill.schema import STUDENT_META_FILE
 from distill.training.config import _has_cuda, lora_config, sft_config_kwargs
 from distill.training.cpu import completion_rows_only_head, packed_sequences_attend_alone
 
@@ -101,13 +101,13 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
     transformers.utils.logging.disable_progress_bar()
 
     recipe = run.recipe
-    data = datasets.Dataset(read_dataset(run.dir).select(["prompt", "completion"]))
+    data = datasets.Dataset(run.files.read_dataset().select(["prompt", "completion"]))
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(run, run.dir / "train" / "checkpoints", list(report_to))),
+        args=SFTConfig(**sft_config_kwargs(run, run.files.checkpoints, list(report_to))),
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
@@ -166,12 +166,12 @@ def _save_student(trainer, tokenizer, run, base: StudentBase) -> None:
     zero3 = trainer.is_deepspeed_enabled and run.recipe.train.deepspeed_stage == 3
     state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if zero3 else None
     if trainer.is_world_process_zero():
-        student_dir = run.dir / "student"
-        tmp = run.dir / f".student-{os.getpid()}"
+        student_dir = run.files.student_dir
+        tmp = run.files.student_staging()
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        storage.write_json(tmp / "distill.json", {"revision": f"distill-run-{run.id}", "licence": base.licence or "unknown",
+        storage.write_json(tmp / STUDENT_META_FILE, {"revision": f"distill-run-{run.id}", "licence": base.licence or "unknown",
                                                   "params_b": _params_b(trainer.model)})
         if student_dir.exists():  # a stale partial from an older code version; never a finished one
             shutil.rmtree(student_dir)

@@ -1,23 +1,49 @@
 """Verifiers: pure functions over a batch of completions, registered by short name.
 
+Every verifier has the same signature:
+
+    @VERIFIERS.register("name", params=MyParams, example="...")
+    def my_verifier(completions: list[str], references: list[str | None], params: MyParams,
+                    ctx: VerifyContext) -> list[Verdict]:
+        '''One line for `distill ls`.'''
+
 A verifier returns one Verdict per completion: a score in [0, 1], or None when it
 cannot verify (no reference, nothing parsable). None is kept and counted, never
-coerced to 0 or 1.
+coerced to 0 or 1. Plug-ins register under the entry-point group `distill.verifiers`
+or are named in a recipe as `package.module:function` (docs/extending.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from distill.registry import Registry
 
-VERIFIERS = Registry("verifier")
+VERIFIERS = Registry("verifier", group="distill.verifiers")
 
 
 @dataclass(frozen=True)
 class Verdict:
     score: float | None
     reason: str = ""
+
+
+@dataclass
+class VerifyContext:
+    """What a verifier sees besides completions and references, aligned with them."""
+
+    questions: list[str | None]
+    finish_reasons: list[str | None]
+    # model id -> a backend (the teacher backends), for verifiers that run a model.
+    backend_for: Callable[[str], Any] | None = None
+
+    @classmethod
+    def blank(cls, n: int) -> VerifyContext:
+        """A context that knows nothing beyond the texts, for n completions (tests, re-scoring)."""
+        return cls(questions=[None] * n, finish_reasons=[None] * n)
 
 
 def parse_reference(text: str):
@@ -36,8 +62,9 @@ def parse_reference(text: str):
 
 
 def _load_builtins() -> None:
-    # Importing the modules runs their @VERIFIERS.register decorators.
-    from distill.verifiers import code, final_number, judge, math, reasoning_format, tool_call  # noqa: F401
+    # Importing every module of the package runs its @VERIFIERS.register decorators.
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 _load_builtins()

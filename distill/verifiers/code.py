@@ -1,4 +1,4 @@
-"""code: the completion's program passes the prompt's tests, each run in the sandbox (distill/sandbox.py).
+"""code: the completion's program passes the prompt's tests, each run in the sandbox (distill/sandbox/).
 
 The program is a fenced block of the completion: the last one labelled with the language
 (```python, ```py or ```python3 for Python), else the last fenced block whatever its label. Text up
@@ -48,7 +48,7 @@ from pydantic import Field
 
 from distill import sandbox
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict, parse_reference
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,8 @@ verifiers:
     max_processes: 32
 """,
 )
-def verify_code(completions: list[str], references: list[str | None], params: CodeParams) -> list[Verdict]:
+def verify_code(completions: list[str], references: list[str | None], params: CodeParams,
+                ctx: VerifyContext) -> list[Verdict]:
     """The completion's program passes the reference's tests (stdin/stdout or asserts), run in a sandbox."""
     language, limits = LANGUAGES[params.language], _limits(params)
     verdicts: list[Verdict | None] = []

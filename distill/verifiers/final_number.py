@@ -25,7 +25,7 @@ from fractions import Fraction
 from pydantic import Field
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 _NUMBER = re.compile(
     r"(?<![\w.^])(?<!\^\{)"  # not part of a word, a decimal or an exponent
@@ -93,7 +93,7 @@ verifiers:
 """,
 )
 def verify_final_number(
-    completions: list[str], references: list[str | None], params: FinalNumberParams
+    completions: list[str], references: list[str | None], params: FinalNumberParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """The completion's last number (a boxed one wins) equals the reference within tolerance."""
     tolerance = Fraction(str(params.tolerance))

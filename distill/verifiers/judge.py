@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "judge.jinja"
 
@@ -93,18 +93,19 @@ def read_verdict(text: str | None, params: JudgeParams) -> Verdict:
     return Verdict(params.labels[label], f"judge {params.model}: {label}")
 
 
-@VERIFIERS.register("judge", params=JudgeParams, takes_context=True, uses_model=True, example="""
+@VERIFIERS.register("judge", params=JudgeParams, uses_model=True, example="""
 verifiers:
   - name: judge
     model: qwen2.5-72b-instruct   # any teacher entry
     # template: judge.jinja       # your own prompt (question, answer, reference); default: the shipped one
     required: true
 """)
-def verify_with_judge(completions: list[str], references: list[str | None], params: JudgeParams, ctx) -> list[Verdict]:
+def verify_with_judge(completions: list[str], references: list[str | None], params: JudgeParams,
+                      ctx: VerifyContext) -> list[Verdict]:
     """An LLM (any teacher entry) grades each answer against the question and reference, via a template."""
     if not completions:
         return []
-    if ctx is None or ctx.backend_for is None:
+    if ctx.backend_for is None:
         raise RuntimeError("the judge verifier needs a model backend; it runs inside `distill run`")
     requests = [{
         "work_id": str(i),

@@ -23,7 +23,7 @@ from pydantic import Field
 from sympy import Basic, MatrixBase
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 _DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
 
@@ -72,7 +72,7 @@ verifiers:
 """,
 )
 def verify_math(
-    completions: list[str], references: list[str | None], params: MathParams
+    completions: list[str], references: list[str | None], params: MathParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """The completion's final answer is mathematically equivalent to the reference (math_verify)."""
     timeout = _timeout(params)

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 
 class ReasoningFormatParams(Params):
@@ -101,7 +101,6 @@ def _verdict(completion: object, p: ReasoningFormatParams, finish_reason: str | 
 @VERIFIERS.register(
     "reasoning-format",
     params=ReasoningFormatParams,
-    takes_context=True,
     example="""
 verifiers:
   - name: reasoning-format
@@ -113,9 +112,8 @@ verifiers:
 """,
 )
 def verify_reasoning_format(
-    completions: list[str], references: list[str | None], params: ReasoningFormatParams, ctx=None
+    completions: list[str], references: list[str | None], params: ReasoningFormatParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """One closed <think> block before a non-empty answer, thinking and answer within length bounds, not truncated."""
-    finish = ctx.finish_reasons if ctx is not None else [None] * len(completions)
     # The reference is not used; zip checks the batch is consistent all the same.
-    return [_verdict(c, params, f) for c, _, f in zip(completions, references, finish, strict=True)]
+    return [_verdict(c, params, f) for c, _, f in zip(completions, references, ctx.finish_reasons, strict=True)]

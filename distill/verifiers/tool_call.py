@@ -52,7 +52,7 @@ from jsonschema.validators import validator_for
 from pydantic import Field
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict, parse_reference
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext, parse_reference
 
 Format = Literal["openai", "hermes", "json"]
 _HERMES = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.DOTALL)
@@ -332,7 +332,7 @@ verifiers:
 """,
 )
 def verify_tool_call(
-    completions: list[str], references: list[str | None], params: ToolCallParams
+    completions: list[str], references: list[str | None], params: ToolCallParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """The completion's tool calls parse, fit the tools' JSON Schemas and match the expected calls."""
     return [_verdict(c, r, params) for c, r in zip(completions, references, strict=True)]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from conftest import CountingBar
+from support.progress import CountingBar
 from distill.filters import FILTERS, FilterContext
 from distill.filters.decontaminate import DecontaminateParams, QuestionIndex, decontaminate, read_questions
 from distill.recipe import RecipeLoader

@@ -7,21 +7,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from conftest import CountingBar
+from support.progress import CountingBar
 from distill.filters import FILTERS, FilterContext
-from distill.filters.dedup import (
-    ExactDedupParams,
-    NearDedupParams,
-    bucket_pairs,
-    earliest_of_cluster,
-    exact_dedup,
-    lsh_bands,
-    minhash_signatures,
-    near_dedup,
-    ngram_hashes,
-    permutations,
-    text_words,
-)
+from distill.filters.dedup import ExactDedupParams, NearDedupParams, exact_dedup, near_dedup
+from distill.filters.minhash import bucket_pairs, earliest_of_cluster, lsh_bands, minhash_signatures, permutations
+from distill.filters.ngrams import ngram_hashes, text_words
 from distill.recipe import RecipeLoader
 
 WORDS = ("the a of to and in is it that for we so then add carry sum check answer number two three "
@@ -96,7 +86,7 @@ def test_ngram_hashes_per_doc():
 
 def test_ngram_hashes_are_the_same_in_another_process():
     # Ray workers are other processes: Python's own str hash would differ there.
-    code = ("from distill.filters.dedup import ngram_hashes; "
+    code = ("from distill.filters.ngrams import ngram_hashes; "
             "print(ngram_hashes([['so', 'the', 'sum', 'is']], 2)[0].tolist())")
     here = ngram_hashes([["so", "the", "sum", "is"]], 2)[0].tolist()
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

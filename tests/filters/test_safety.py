@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from conftest import CountingBar
+from support.progress import CountingBar
 from distill.filters import FILTERS, FilterContext
 from distill.filters.safety import SafetyParams, filter_safety, read_guard
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -20,7 +19,6 @@ from distill.licensing import (
     UnknownLicence,
     Use,
     decide,
-    decide_for_recipe,
     load_catalog,
     render_text,
     to_dict,
@@ -314,56 +312,14 @@ def test_render_and_dict():
     assert {i["rule"] for i in data["issues"]} == {"llama3.1:name-prefix", "cc-by-nc-4.0:commercial"}
 
 
-# -- decide_for_recipe: a stand-in with the recipe's shape, so this does not depend on recipe.py
+def test_records_are_strict_and_each_part_lives_in_its_module():
+    from pydantic import ValidationError
 
+    from distill.licensing import engine, render, types
+    from distill.schema import Strict
 
-def recipe(tmp_path, teacher="llama-3.1-405b-instruct", student=None, train=("apache-2.0",), evals=()):
-    def comp(lic):
-        return SimpleNamespace(source="jsonl", params=SimpleNamespace(licence=lic))
-
-    return SimpleNamespace(
-        teacher=SimpleNamespace(id=teacher), base_dir=tmp_path, student=student,
-        prompts=SimpleNamespace(train=[comp(x) for x in train], eval=[comp(x) for x in evals]),
-    )
-
-
-def test_recipe_teacher_and_base_come_from_teacher_entries(tmp_path):
-    student = SimpleNamespace(name="smol-math", base="smollm2-135m-instruct", commercial_use=True)
-    d = decide_for_recipe(recipe(tmp_path, student=student))
-    assert d.verdict == "refused"
-    assert [i.rule for i in d.refusals] == ["llama3.1:name-prefix"]
-    labels = {s.label: s.licence for s in d.sources}
-    assert labels["teacher llama-3.1-405b-instruct"] == "llama3.1"
-    assert labels["base smollm2-135m-instruct"] == "apache-2.0"
-    assert labels["prompts.train[0] jsonl"] == "apache-2.0"
-
-
-def test_recipe_reads_competing_and_acknowledge_when_present(tmp_path):
-    student = SimpleNamespace(
-        name="smol-math", base="smollm2-135m-instruct", commercial_use=True, competing=False,
-        acknowledge=[{"rule": "llama3.1:name-prefix", "reason": "internal only"}],
-    )
-    d = decide_for_recipe(recipe(tmp_path, student=student, evals=("cc-by-4.0",)))
-    assert d.verdict == "allowed-with-obligations"
-    assert d.acknowledged[0].rule == "llama3.1:name-prefix"
-    assert ("cc-by-4.0", "attribution") in {(o.licence, o.kind) for o in d.obligations}
-
-
-def test_recipe_without_student_defers_student_rules(tmp_path):
-    d = decide_for_recipe(recipe(tmp_path, student=None, train=("cc-by-nc-4.0",)))
-    assert d.verdict == "allowed-with-obligations"
-    assert d.student_licence is None and d.name_prefix == "Llama" and d.non_commercial
-
-
-def test_recipe_base_directory_licence_from_its_model_card(tmp_path):
-    (tmp_path / "my-base").mkdir()
-    (tmp_path / "my-base" / "README.md").write_text("---\nlicense: other\nlicense_name: gemma\n---\n# my base\n")
-    (tmp_path / "bare").mkdir()
-    student = SimpleNamespace(name="x", base="my-base", commercial_use=True)
-    d = decide_for_recipe(recipe(tmp_path, teacher="smollm2-135m-instruct", student=student))
-    assert d.student_licence.license == "gemma"
-    with pytest.raises(LicenceError, match="student.base_licence"):
-        decide_for_recipe(recipe(tmp_path, teacher="smollm2-135m-instruct",
-                                 student=SimpleNamespace(name="x", base="bare", commercial_use=True)))
-    declared = SimpleNamespace(name="x", base="bare", commercial_use=True, base_licence="mit")
-    assert decide_for_recipe(recipe(tmp_path, teacher="smollm2-135m-instruct", student=declared)).student_licence.license == "mit"
+    for name in ("Acknowledgement", "Ref", "Use", "SourceRole", "Obligation", "Issue", "StudentLicence", "Decision"):
+        assert issubclass(getattr(types, name), Strict), name
+    with pytest.raises(ValidationError, match="student_nme"):
+        Use(student_nme="x")
+    assert (engine.decide, render.render_text, render.to_dict) == (decide, render_text, to_dict)

@@ -81,6 +81,12 @@ def test_broken_terms_are_rejected(mutate):
         Terms.model_validate(data)
 
 
+def test_terms_use_the_shared_strict_base():
+    from distill.schema import Strict
+
+    assert issubclass(Terms, Strict)
+
+
 def test_file_name_must_match_id(tmp_path):
     (tmp_path / "renamed.yaml").write_text((HERE / "qwen.yaml").read_text())
     with pytest.raises(ValueError, match="must match the file name"):

@@ -9,8 +9,7 @@ from huggingface_hub import DatasetCard
 
 from distill.pipeline import run_pipeline
 from distill.recipe import load_recipe
-from distill.stages.dataset import read_dataset
-from fakes import FakeBackend, write_recipe
+from support.fakes import FakeBackend, write_recipe
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def run(tmp_path, monkeypatch):
 
 def test_only_accepted_distinct_samples_are_kept(run):
     the_run, summaries = run
-    rows = read_dataset(the_run.dir).to_pylist()
+    rows = the_run.files.read_dataset().to_pylist()
     # FakeBackend answers "The answer is 3." three times to each prompt: only "What is 1 + 2?"
     # is right, and its three identical samples keep one row.
     assert len(rows) == 1

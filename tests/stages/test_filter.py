@@ -12,9 +12,7 @@ import yaml
 
 from distill.pipeline import run_pipeline
 from distill.recipe import load_recipe
-from distill.stages.dataset import read_dataset
-from distill.stages.sample import read_samples
-from fakes import QUESTIONS, FakeBackend, write_recipe
+from support.fakes import QUESTIONS, FakeBackend, write_recipe
 
 
 class ScriptedBackend:
@@ -70,7 +68,7 @@ def filtered(tmp_path, monkeypatch):
 def test_each_decision_is_recorded_with_its_reason(filtered):
     run, summaries = filtered
     decisions = {r["sample_id"]: r for r in pq.read_table(run.dir / "filters" / "decisions.parquet").to_pylist()}
-    samples = {r["sample_id"]: r for r in read_samples(run.dir).to_pylist()}
+    samples = {r["sample_id"]: r for r in run.files.read_samples().to_pylist()}
     assert set(decisions) == set(samples)  # every sample was accepted, so every one was judged
     by_index = {}
     for sid, d in decisions.items():
@@ -101,7 +99,7 @@ def test_the_summary_counts_each_filter(filtered):
 
 def test_the_dataset_honours_the_filters(filtered):
     run, summaries = filtered
-    rows = read_dataset(run.dir).to_pylist()
+    rows = run.files.read_dataset().to_pylist()
     assert len(rows) == 9
     texts = [r["completion"][0]["content"] for r in rows]
     assert not any("sorry" in t for t in texts) and not any("bob@corp" in t for t in texts)
@@ -115,7 +113,7 @@ def test_the_dataset_honours_the_filters(filtered):
 
 
 def test_the_report_shows_the_filters(filtered):
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     page = build_report(filtered[0].dir).read_text()
     assert "<td>safety</td><td>drop</td><td>12</td><td>3</td><td>3</td>" in page
@@ -158,7 +156,7 @@ def test_verifier_in_the_loop_resamples_short_prompts(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(data))
     backend = LateBackend()
     run, summaries = run_pipeline(load_recipe(path), until="sample", backend=backend)
-    rows = read_samples(run.dir).to_pylist()
+    rows = run.files.read_samples().to_pylist()
     per_prompt = {}
     for r in rows:
         per_prompt.setdefault(r["prompt_text"], []).append(r["sample_index"])
@@ -173,7 +171,7 @@ def test_verifier_in_the_loop_resamples_short_prompts(tmp_path, monkeypatch):
     assert len(s.never_passed) == 2
     # seeds differ between rounds: every sample has its own
     assert len({r["seed"] for r in rows}) == len(rows)
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     page = build_report(run.dir).read_text()
     assert "Accept rate per sampling round" in page and "2 prompts never had an accepted sample" in page
@@ -220,7 +218,7 @@ def test_a_judge_grades_after_the_teacher_and_decides_acceptance(tmp_path, monke
     judge, served = Judge(), []
     run, summaries = run_pipeline(load_recipe(path), until="sample", backend=FakeBackend(),
                                   backend_for=lambda model: served.append(model.id) or judge)
-    rows = read_samples(run.dir).to_pylist()
+    rows = run.files.read_samples().to_pylist()
     live = [r for r in rows if not r["error"]]
     assert served == ["smollm2-135m-instruct"] and judge.calls == 1  # one judge, once, after sampling
     assert all([v["verifier"] for v in r["verdicts"]] == ["judge"] for r in live)

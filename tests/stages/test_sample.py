@@ -9,8 +9,8 @@ import yaml
 
 from distill.pipeline import run_pipeline
 from distill.recipe import load_recipe
-from distill.stages.sample import SAMPLE_SCHEMA, read_samples
-from fakes import QUESTIONS, FakeBackend, write_recipe
+from distill.schema import SAMPLE_SCHEMA
+from support.fakes import QUESTIONS, FakeBackend, write_recipe
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def recipe(tmp_path, monkeypatch):
 
 def test_every_sample_is_written_with_its_lineage(recipe):
     run, summaries = run_pipeline(recipe, backend=FakeBackend())
-    table = read_samples(run.dir)
+    table = run.files.read_samples()
     assert table.schema.names == SAMPLE_SCHEMA.names
     rows = table.to_pylist()
     assert len(rows) == len(QUESTIONS) * 3
@@ -47,7 +47,7 @@ def test_every_sample_is_written_with_its_lineage(recipe):
 
 def test_verdicts_keep_none_and_errors_become_rows(recipe):
     run, summaries = run_pipeline(recipe, backend=FakeBackend())
-    rows = read_samples(run.dir).to_pylist()
+    rows = run.files.read_samples().to_pylist()
     wrong = [r for r in rows if r["prompt_text"] == "What is 2 + 2?"]
     assert all(not r["accepted"] and r["verdicts"][0]["score"] == 0.0 for r in wrong)
     unverifiable = [r for r in rows if r["prompt_text"] == "Name a colour."]
@@ -69,24 +69,24 @@ def test_a_crash_loses_nothing_and_a_rerun_duplicates_nothing(recipe):
     with pytest.raises(RuntimeError, match="engine died"):
         run_pipeline(one_pass(recipe), backend=FakeBackend(batch_size=2, crash_after=3))
     run, _ = run_pipeline(recipe, until="prompts", backend=FakeBackend())
-    assert read_samples(run.dir).num_rows == 6  # the three batches written before the crash
+    assert run.files.read_samples().num_rows == 6  # the three batches written before the crash
     again = FakeBackend()
     run, summaries = run_pipeline(recipe, backend=again)
     assert len(again.seen) == 6  # only the work not yet written was scheduled
-    table = read_samples(run.dir)
+    table = run.files.read_samples()
     keys = list(zip(table["prompt_id"].to_pylist(), table["sample_index"].to_pylist()))
     assert len(keys) == 12 and len(set(keys)) == 12
     assert summaries["sample"].resumed_from == 6 and summaries["sample"].samples_new == 6
     # a third run has nothing to do
     idle = FakeBackend()
     run_pipeline(recipe, backend=idle)
-    assert idle.seen == [] and read_samples(run.dir).num_rows == 12
+    assert idle.seen == [] and run.files.read_samples().num_rows == 12
 
 
 def test_a_crashed_pass_is_followed_by_one_for_what_is_missing(recipe):
     backend = FakeBackend(batch_size=2, crash_after=3)  # the second pass has 3 batches: it gets through
     run, summaries = run_pipeline(recipe, until="sample", backend=backend)
-    table = read_samples(run.dir)
+    table = run.files.read_samples()
     keys = list(zip(table["prompt_id"].to_pylist(), table["sample_index"].to_pylist()))
     assert len(keys) == 12 and len(set(keys)) == 12
     assert len(backend.seen) == 12 + 6  # the second pass asked only for what the first left undone
@@ -94,7 +94,7 @@ def test_a_crashed_pass_is_followed_by_one_for_what_is_missing(recipe):
     assert [(a["attempt"], a["requested"], a["answered"], a["error"]) for a in attempts] == [
         (0, 12, 6, "RuntimeError: engine died"), (1, 6, 6, None)]
     assert summaries["sample"].attempts == attempts
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     page = build_report(run.dir).read_text()
     assert "<h2>Retried</h2>" in page and "RuntimeError: engine died" in page
@@ -112,7 +112,7 @@ class Repeating(FakeBackend):
 
 def test_a_batch_that_comes_twice_is_written_once(recipe):
     run, summaries = run_pipeline(recipe, until="sample", backend=Repeating(batch_size=2))
-    assert read_samples(run.dir).num_rows == 12
+    assert run.files.read_samples().num_rows == 12
     [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
     assert (attempt["answered"], attempt["duplicates"]) == (12, 2)
 
@@ -163,7 +163,7 @@ def test_a_changed_recipe_is_a_new_run(recipe, tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
     run_b, _ = run_pipeline(load_recipe(tmp_path / "r.yaml"), backend=FakeBackend())
     assert run_a.dir != run_b.dir and run_a.dir.parent == run_b.dir.parent
-    assert read_samples(run_b.dir).num_rows == 12
+    assert run_b.files.read_samples().num_rows == 12
 
 
 def test_a_recipe_changed_after_sampling_reuses_the_samples(recipe, tmp_path):
@@ -176,7 +176,7 @@ def test_a_recipe_changed_after_sampling_reuses_the_samples(recipe, tmp_path):
     run_b, summaries = run_pipeline(load_recipe(tmp_path / "r.yaml"), until="dataset", backend=fresh)
     assert run_b.dir != run_a.dir
     assert fresh.seen == [] and summaries["sample"].reused_from == run_a.id
-    assert read_samples(run_b.dir).to_pylist() == read_samples(run_a.dir).to_pylist()
+    assert run_b.files.read_samples().to_pylist() == run_a.files.read_samples().to_pylist()
 
     data["verifiers"][1]["required"] = True  # the verdicts would differ: sample anew
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
@@ -198,7 +198,7 @@ class TwoReplicas(FakeBackend):
 
 def test_each_sample_records_the_replica_that_made_it(recipe):
     run, _ = run_pipeline(recipe, until="sample", backend=TwoReplicas(batch_size=3))
-    rows = read_samples(run.dir, ["prompt_id", "sample_index", "replica"]).to_pylist()
+    rows = run.files.read_samples(["prompt_id", "sample_index", "replica"]).to_pylist()
     by_replica: dict = {}
     for r in rows:
         by_replica[r["replica"]] = by_replica.get(r["replica"], 0) + 1
@@ -207,11 +207,11 @@ def test_each_sample_records_the_replica_that_made_it(recipe):
     [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
     assert attempt["replicas"] == by_replica
 
-    from distill.lineage_store import open_store, read_run_dir
+    from distill.lineage_store import read_run_dir
 
     samples = next(a for a in read_run_dir(run.dir).artifacts.values() if a["kind"] == "samples")
     assert samples["attrs"]["replicas"] == by_replica
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     page = build_report(run.dir).read_text()
     assert "<h2>Replicas</h2>" in page
@@ -220,9 +220,9 @@ def test_each_sample_records_the_replica_that_made_it(recipe):
 
 def test_a_backend_that_does_not_name_its_replica_leaves_it_null(recipe):
     run, _ = run_pipeline(recipe, until="sample", backend=FakeBackend())
-    assert set(read_samples(run.dir, ["replica"])["replica"].to_pylist()) == {None}
+    assert set(run.files.read_samples(["replica"])["replica"].to_pylist()) == {None}
     [attempt] = json.loads((run.dir / "samples" / "attempts.json").read_text())
     assert attempt["replicas"] == {"unknown": 12}
-    from distill.report import build_report
+    from distill.stages.report import build_report
 
     assert "<h2>Replicas</h2>" not in build_report(run.dir).read_text()

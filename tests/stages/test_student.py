@@ -1,6 +1,6 @@
 """dataset -> train (real TRL on a tiny model) -> evaluate -> card -> report, with fake
 sampling and evaluation backends so it runs in seconds; the real engines are covered by
-tests/test_e2e_student.py."""
+tests/e2e/test_e2e_student.py."""
 
 from __future__ import annotations
 
@@ -10,91 +10,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from distill.pipeline import run_pipeline
-from distill.recipe import load_recipe
-
-SECRET = "planted-wandb-key-0123456789abcdef0123"
-
-
-class ArithmeticBackend:
-    """Answers 'What is a + b?' right, or wrong when `wrong` says so or the question is in
-    `wrong_for`; counts what it served."""
-
-    name = "fake-arithmetic"
-
-    def __init__(self, wrong: bool = False, wrong_for: frozenset = frozenset()):
-        self.wrong, self.wrong_for, self.requests = wrong, wrong_for, []
-
-    def describe(self):
-        return {"backend": self.name, "version": "1", "engine_args": {}}
-
-    def generate(self, requests):
-        self.requests.extend(requests)
-        for start in range(0, len(requests), 8):
-            out = []
-            for r in requests[start:start + 8]:
-                q = r["messages"][-1]["content"]
-                nums = [int(x) for x in q.replace("?", " ").split() if x.isdigit()]
-                total = sum(nums) + (1 if self.wrong or q in self.wrong_for else 0)
-                out.append({"work_id": r["work_id"], "text": f"Adding the numbers gives {total}. The answer is {total}.",
-                            "prompt_tokens": 20, "completion_tokens": 12, "finish_reason": "stop", "error": ""})
-            yield out
-
-
-def student_recipe(tmp_path: Path, tiny_model: Path, **train) -> Path:
-    from conftest import write_tiny_teacher
-
-    write_tiny_teacher(tmp_path / "tiny.yaml", tiny_model)
-    recipe = {
-        "name": "student-unit",
-        "teacher": "tiny.yaml",
-        "prompts": {"train": [{"source": "arithmetic", "count": 24, "seed": 1}],
-                    "eval": [{"source": "arithmetic", "count": 6, "seed": 2}]},
-        "sampling": {"n": 2, "max_tokens": 32, "seed": 3},
-        "verifiers": [{"name": "final-number"}],
-        "student": {"name": "tiny-student", "base": "tiny.yaml"},  # the teacher's weights, as in the demo
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 128, "learning_rate": 1e-4, "save_steps": 2, **train},
-        "eval": {"k": 2},
-        "tracking": {"wandb": "offline"},
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    return tmp_path / "r.yaml"
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("student")
-    old = os.getcwd()
-    os.chdir(tmp)
-    os.environ["WANDB_API_KEY"] = SECRET  # must never reach a file the run writes
-    try:
-        from distill.prompts import ArithmeticParams, generate_arithmetic
-
-        # The teacher knows the train questions and gets every held-out one wrong.
-        held_out = frozenset(p["question"] for p in generate_arithmetic(ArithmeticParams(count=6, seed=2)))
-        teacher = ArithmeticBackend(wrong_for=held_out)
-        served = []
-
-        def backend_for(model):
-            served.append(model)
-            return ArithmeticBackend()
-
-        run, summaries = run_pipeline(load_recipe(student_recipe(tmp, tiny_model)), backend=teacher,
-                                      backend_for=backend_for)
-    finally:
-        os.environ.pop("WANDB_API_KEY", None)
-        os.chdir(old)
-    return {"run": run, "summaries": summaries, "served": served, "teacher": teacher}
+from support.student import SECRET, ArithmeticBackend
 
 
 def files_of(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
-def test_the_run_directory_holds_exactly_these_files(finished):
-    run_dir = finished["run"].dir
+def test_the_run_directory_holds_exactly_these_files(student_run):
+    run_dir = student_run["run"].dir
     files = files_of(run_dir)
     checkpoints = {f for f in files if f.startswith("train/checkpoints/")}
     wandb_files = {f for f in files if f.startswith("wandb/")}
@@ -116,14 +42,14 @@ def test_the_run_directory_holds_exactly_these_files(finished):
     assert any(f.endswith(".wandb") for f in wandb_files)  # tracked, offline
 
 
-def test_no_api_key_is_written_anywhere(finished):
-    for path in finished["run"].dir.rglob("*"):
+def test_no_api_key_is_written_anywhere(student_run):
+    for path in student_run["run"].dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_training_learns_and_records_its_curve(finished):
-    t = json.loads((finished["run"].dir / "train" / "summary.json").read_text())
+def test_training_learns_and_records_its_curve(student_run):
+    t = json.loads((student_run["run"].dir / "train" / "summary.json").read_text())
     assert t["method"] == "full" and t["steps"] >= 2 and not t["resumed"]
     assert t["rows"] == 24  # 24 prompts x n=2, all right; the second of each pair is the same text, dropped
     assert len(t["log"]) == t["steps"] and all(e["loss"] > 0 for e in t["log"])
@@ -131,8 +57,8 @@ def test_training_learns_and_records_its_curve(finished):
     assert len(t["weights_sha256"]) == 64
 
 
-def test_eval_compares_teacher_and_student_on_the_held_out_prompts(finished):
-    ev = json.loads((finished["run"].dir / "eval.json").read_text())
+def test_eval_compares_teacher_and_student_on_the_held_out_prompts(student_run):
+    ev = json.loads((student_run["run"].dir / "eval.json").read_text())
     assert ev["held_out_prompts"] == 6 and ev["k"] == 2
     assert ev["teacher"]["pass@1"] == 0.0 and ev["teacher"]["greedy_accuracy"] == 0.0  # the wrong backend
     assert ev["student"]["pass@1"] == 1.0 and ev["student"]["greedy_accuracy"] == 1.0
@@ -140,24 +66,23 @@ def test_eval_compares_teacher_and_student_on_the_held_out_prompts(finished):
     assert ev["teacher"]["cost_per_correct"] is None  # no correct answer: no cost per one
     # 12 answers x 12 tokens, priced at the parameter count (billions) per 1M tokens, over 12 right ones
     assert ev["student"]["cost_per_correct"] == pytest.approx(12 * 12 * ev["student"]["params_b"] / 1e6 / 12)
-    served = finished["served"]
+    served = student_run["served"]
     # The teacher's evaluation rode along with its sampling (one engine start): only the student
     # was served for evaluation.
     assert [m.id for m in served] == ["tiny-student"]
-    assert served[0].model == str(finished["run"].dir / "student")
-    assert len(finished["teacher"].requests) == 24 * 2 + 6 * 3
-    teacher_rows = pq.read_table(finished["run"].dir / "eval" / "teacher.parquet").to_pylist()
+    assert served[0].model == str(student_run["run"].dir / "student")
+    assert len(student_run["teacher"].requests) == 24 * 2 + 6 * 3
+    teacher_rows = pq.read_table(student_run["run"].dir / "eval" / "teacher.parquet").to_pylist()
     assert {r["model_id"] for r in teacher_rows} == {"tiny-random"} and len(teacher_rows) == 18
-    train_ids = {p for p in (finished["run"].dir / "prompts").glob("train.parquet")}
+    train_ids = {p for p in (student_run["run"].dir / "prompts").glob("train.parquet")}
     assert train_ids
 
 
-def test_eval_requests_are_the_same_for_both_models(finished, tiny_model, tmp_path):
+def test_eval_requests_are_the_same_for_both_models(student_run, tiny_model, tmp_path):
     from distill.stages.evaluate import plan_eval
-    from distill.stages.prompts import read_prompts
 
-    run = finished["run"]
-    work = plan_eval(run.recipe, read_prompts(run.dir, "eval"))
+    run = student_run["run"]
+    work = plan_eval(run.recipe, run.files.read_prompts("eval"))
     greedy = [w for w in work if w["work_id"].endswith(":greedy")]
     sampled = [w for w in work if not w["work_id"].endswith(":greedy")]
     assert len(greedy) == 6 and len(sampled) == 12
@@ -165,10 +90,10 @@ def test_eval_requests_are_the_same_for_both_models(finished, tiny_model, tmp_pa
     assert len({w["sampling_params"]["seed"] for w in sampled}) == 12  # one seed per sample, as in training
 
 
-def test_model_card_parses_and_carries_the_lineage(finished, tiny_model):
+def test_model_card_parses_and_carries_the_lineage(student_run, tiny_model):
     from huggingface_hub import ModelCard
 
-    run_dir = finished["run"].dir
+    run_dir = student_run["run"].dir
     card = ModelCard.load(run_dir / "student" / "README.md")
     d = card.data.to_dict()
     assert d["license"] == "apache-2.0"
@@ -180,7 +105,7 @@ def test_model_card_parses_and_carries_the_lineage(finished, tiny_model):
     assert results == {"pass@1": 1.0, "greedy_accuracy": 1.0}
     assert card.data.model_name == "tiny-student"
     text = card.text
-    for fact in ("tiny-random", "random-init-seed0", finished["run"].recipe_hash,
+    for fact in ("tiny-random", "random-init-seed0", student_run["run"].recipe_hash,
                  "derived by the distill licence engine", "Apache License 2.0 §4", "| pass@1 | 0.0% | 100.0% |"):
         assert fact in text, fact
     lineage = json.loads((run_dir / "lineage.json").read_text())
@@ -188,7 +113,7 @@ def test_model_card_parses_and_carries_the_lineage(finished, tiny_model):
     assert lineage["dataset"]["content_sha256"] == json.loads((run_dir / "dataset" / "manifest.json").read_text())["content_sha256"]
 
 
-def test_card_is_rebuilt_from_the_run_directory_alone(finished, tmp_path):
+def test_card_is_rebuilt_from_the_run_directory_alone(student_run, tmp_path):
     import shutil
 
     from typer.testing import CliRunner
@@ -196,7 +121,7 @@ def test_card_is_rebuilt_from_the_run_directory_alone(finished, tmp_path):
     from distill.cli import app
 
     copy = tmp_path / "moved-run"
-    shutil.copytree(finished["run"].dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "*.safetensors"))
+    shutil.copytree(student_run["run"].dir, copy, ignore=shutil.ignore_patterns("checkpoints", "wandb", "*.safetensors"))
     before = (copy / "student" / "README.md").read_text()
     (copy / "student" / "README.md").unlink()
     result = CliRunner().invoke(app, ["card", str(copy)])
@@ -207,16 +132,16 @@ def test_card_is_rebuilt_from_the_run_directory_alone(finished, tmp_path):
     assert result.exit_code == 2 and "not a finished distill run" in result.output
 
 
-def test_report_has_every_plot(finished):
-    page = (finished["run"].dir / "report.html").read_text()
+def test_report_has_every_plot(student_run):
+    page = (student_run["run"].dir / "report.html").read_text()
     for title in ("Accept rate per verifier", "Completion lengths, kept vs rejected", "Training loss",
                   "Student vs teacher"):
         assert title in page
     assert page.count("<svg") == 4 and "has not run" not in page
 
 
-def test_rerun_is_a_no_op_that_trains_nothing_again(finished, tiny_model):
-    run = finished["run"]
+def test_rerun_is_a_no_op_that_trains_nothing_again(student_run, tiny_model):
+    run = student_run["run"]
     before = (run.dir / "student" / "model.safetensors").stat().st_mtime_ns
     old = os.getcwd()
     os.chdir(run.dir.parent.parent.parent)

@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from distill.verifiers import VERIFIERS
+from distill.verifiers import VERIFIERS, VerifyContext
 from distill.verifiers.code import LANGUAGES, CodeParams, extract_program, verify_code
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,7 +24,7 @@ def stdio(*cases, **keys) -> str:
 
 
 def verdict(completion, reference, **params):
-    [v] = verify_code([completion], [reference], CodeParams(workers=2, **params))
+    [v] = verify_code([completion], [reference], CodeParams(workers=2, **params), VerifyContext.blank(1))
     return v
 
 
@@ -177,7 +177,7 @@ def test_code_batch_keeps_order():
     verdicts = verify_code(
         [ADD_STDIN, "no code", ADD_FUNCTION, ADD_STDIN, ADD_STDIN.replace("+", "-")],
         [SUM_TESTS, SUM_TESTS, ADD_ASSERTS, None, SUM_TESTS],
-        CodeParams(workers=2),
+        CodeParams(workers=2), VerifyContext.blank(5),
     )
     assert [v.score for v in verdicts] == [1.0, 0.0, 1.0, None, 0.0]
 
@@ -197,5 +197,5 @@ def test_identical_programs_run_each_test_once(monkeypatch):
     calls = []
     real = code._run
     monkeypatch.setattr(code, "_run", lambda *args: calls.append(args[:2]) or real(*args))
-    verdicts = verify_code([ADD_STDIN] * 4, [SUM_TESTS] * 4, CodeParams(workers=2))  # 4 samples, one program
+    verdicts = verify_code([ADD_STDIN] * 4, [SUM_TESTS] * 4, CodeParams(workers=2), VerifyContext.blank(4))  # 4 samples, one program
     assert [v.score for v in verdicts] == [1.0] * 4 and len(calls) == 2

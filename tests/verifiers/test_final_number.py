@@ -1,12 +1,12 @@
 import pytest
 from pydantic import ValidationError
 
-from distill.verifiers import VERIFIERS, Verdict
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 from distill.verifiers.final_number import FinalNumberParams, verify_final_number
 
 
 def score(completion, reference, **params):
-    [verdict] = verify_final_number([completion], [reference], FinalNumberParams(**params))
+    [verdict] = verify_final_number([completion], [reference], FinalNumberParams(**params), VerifyContext.blank(1))
     return verdict
 
 
@@ -85,7 +85,7 @@ def test_final_number_reasons(completion, reference, reason):
 
 
 def test_final_number_batch_keeps_order():
-    verdicts = verify_final_number(["1", "2", "x"], ["1", "3", "4"], FinalNumberParams())
+    verdicts = verify_final_number(["1", "2", "x"], ["1", "3", "4"], FinalNumberParams(), VerifyContext.blank(3))
     assert [v.score for v in verdicts] == [1.0, 0.0, None]
     assert all(isinstance(v, Verdict) for v in verdicts)
 

@@ -101,7 +101,7 @@ def test_judge_outside_a_run_says_why():
 
 def test_registered_as_a_model_verifier():
     entry = VERIFIERS.get("judge")
-    assert entry.uses_model and entry.takes_context and entry.fn is verify_with_judge
+    assert entry.uses_model and entry.fn is verify_with_judge
     [spec] = yaml.safe_load(entry.example)["verifiers"]
     spec.pop("name"), spec.pop("required")
     JudgeParams(**spec)

@@ -3,12 +3,12 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from distill.verifiers import VERIFIERS
+from distill.verifiers import VERIFIERS, VerifyContext
 from distill.verifiers.math import MathParams, verify_math
 
 
 def score(completion, reference):
-    [verdict] = verify_math([completion], [reference], MathParams())
+    [verdict] = verify_math([completion], [reference], MathParams(), VerifyContext.blank(1))
     return verdict
 
 
@@ -68,7 +68,7 @@ def test_math_reasons():
 def test_math_off_main_thread():
     # math_verify's signal-based timeout raises off the main thread; we disable it there.
     results = []
-    batch = ([r"\boxed{0.5}", r"\boxed{1}"], [r"\frac12", "2"], MathParams())
+    batch = ([r"\boxed{0.5}", r"\boxed{1}"], [r"\frac12", "2"], MathParams(), VerifyContext.blank(2))
     worker = threading.Thread(target=lambda: results.extend(verify_math(*batch)))
     worker.start()
     worker.join(timeout=60)
@@ -82,7 +82,7 @@ def test_math_never_raises(monkeypatch):
         raise RuntimeError("kaput")
 
     monkeypatch.setattr(module, "verify", boom)
-    [verdict] = verify_math([r"\boxed{1}"], ["1"], MathParams())
+    [verdict] = verify_math([r"\boxed{1}"], ["1"], MathParams(), VerifyContext.blank(1))
     assert verdict.score is None and "kaput" in verdict.reason
 
 

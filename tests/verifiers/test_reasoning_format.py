@@ -1,12 +1,12 @@
 import pytest
 from pydantic import ValidationError
 
-from distill.verifiers import VERIFIERS
+from distill.verifiers import VERIFIERS, VerifyContext
 from distill.verifiers.reasoning_format import ReasoningFormatParams, verify_reasoning_format
 
 
 def verdict(completion, reference=None, **params):
-    [v] = verify_reasoning_format([completion], [reference], ReasoningFormatParams(**params))
+    [v] = verify_reasoning_format([completion], [reference], ReasoningFormatParams(**params), VerifyContext.blank(1))
     return v
 
 
@@ -74,7 +74,7 @@ def test_reasoning_format_reasons(completion, params, reason):
 
 def test_reasoning_format_ignores_reference():
     completions = ["<think>a</think>4", "4"]
-    verdicts = verify_reasoning_format(completions, ["5", None], ReasoningFormatParams())
+    verdicts = verify_reasoning_format(completions, ["5", None], ReasoningFormatParams(), VerifyContext.blank(2))
     assert [v.score for v in verdicts] == [1.0, 0.0]
 
 

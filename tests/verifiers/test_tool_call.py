@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from distill.verifiers import VERIFIERS
+from distill.verifiers import VERIFIERS, VerifyContext
 from distill.verifiers.tool_call import ToolCallParams, verify_tool_call
 
 WEATHER = {
@@ -49,7 +49,7 @@ def openai(*calls, args_as_string=True) -> list:
 
 
 def verdict(completion, reference, **params):
-    [v] = verify_tool_call([completion], [reference], ToolCallParams(**params))
+    [v] = verify_tool_call([completion], [reference], ToolCallParams(**params), VerifyContext.blank(1))
     return v
 
 
@@ -182,7 +182,7 @@ def test_tool_call_params(completion, reference, params, expected):
 
 def test_tool_call_batch_keeps_order():
     verdicts = verify_tool_call([hermes(PARIS), "no call", hermes(PARIS)],
-                                [ref(expected=[PARIS]), ref(), None], ToolCallParams())
+                                [ref(expected=[PARIS]), ref(), None], ToolCallParams(), VerifyContext.blank(3))
     assert [v.score for v in verdicts] == [1.0, 0.0, None]
 
 

@@ -1,0 +1,234 @@
+"""Commands on a recipe or a run: validate, licence, run, card, report, lineage."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from distill.cli.app import app, console, err
+
+
+def _load(recipe: str):
+    from distill.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe)
+    except RecipeError as e:
+        for p in e.problems:
+            # soft_wrap: one problem per line whatever the terminal width, so it can be grepped
+            err.print(p.render(e.file), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{len(e.problems)} problem(s) in {e.file}", style="bold red")
+        raise typer.Exit(2)
+
+
+def _decide(recipe, file: str):
+    """The licence decision, or exit 2 when the engine cannot judge the recipe's licences."""
+    from distill.licensing import LicenceError, UnknownLicence
+    from distill.recipe.licence import decide_for_recipe
+
+    try:
+        return decide_for_recipe(recipe)
+    except (LicenceError, UnknownLicence) as e:
+        err.print(f"{file}: licence: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _print_lines(lines: list[str], to=None) -> None:
+    for line in lines:
+        (to or console).print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _refuse_if_forbidden(recipe, file: str):
+    """Exit 2, citing the clause and the ways out, when the terms forbid the recipe; else the decision."""
+    from distill.licensing import render_text
+
+    decision = _decide(recipe, file)
+    if decision.refusals:
+        _print_lines(render_text(decision), err)
+        err.print(f"{file}: refused by the licence terms above ({len(decision.refusals)} rule(s)); "
+                  "follow a way out, or record an explicit student.acknowledge entry naming the rule",
+                  style="bold red", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return decision
+
+
+@app.command()
+def validate(recipe: str = typer.Argument(..., help="path of a recipe YAML")):
+    """Check a recipe and its licences: every problem is reported at once; exit code 2 if any."""
+    r = _load(recipe)
+    decision = _refuse_if_forbidden(r, recipe)
+    console.print(f"{recipe}: ok (name {r.name}, run id {r.content_hash()[:12]}); licence decision: {decision.verdict}",
+                  highlight=False, soft_wrap=True)
+    if decision.obligations or decision.issues:
+        from distill.licensing import render_text
+
+        _print_lines(render_text(decision)[1:])  # the verdict is on the line above
+
+
+@app.command()
+def licence(
+    recipe: str = typer.Argument(..., help="path of a recipe YAML"),
+    json_out: bool = typer.Option(False, "--json", help="the decision as JSON"),
+):
+    """What the licence terms decide for a recipe: allowed or refused, the student's licence, every obligation, each with its clause. Runs nothing."""
+    import json
+
+    from distill.licensing import render_text, to_dict
+
+    decision = _decide(_load(recipe), recipe)
+    if json_out:
+        print(json.dumps(to_dict(decision), indent=2))
+    else:
+        _print_lines(render_text(decision))
+    raise typer.Exit(2 if decision.refusals else 0)
+
+
+class _Bar:
+    """The sample stage's progress, as a rich bar."""
+
+    def __init__(self, progress: Progress, label: str):
+        self.progress, self.label, self.task = progress, label, None
+
+    def start(self, total: int, completed: int = 0):
+        self.task = self.progress.add_task(self.label, total=total, completed=completed)
+
+    def advance(self, n: int):
+        self.progress.advance(self.task, n)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="path of a recipe YAML"),
+    until: Optional[str] = typer.Option(None, help="stop after this stage"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray and vLLM worker logs"),
+):
+    """Run a recipe (or resume it: the same recipe continues the same run)."""
+    from distill.pipeline import STAGES, run_pipeline
+
+    if until is not None and until not in STAGES:
+        err.print(f"--until: unknown stage {until!r}; stages: {', '.join(STAGES)}")
+        raise typer.Exit(2)
+    r = _load(recipe)
+    _refuse_if_forbidden(r, recipe)  # before any compute
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    from distill.pipeline import RunBusy
+
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: _Bar(progress, label),
+                                              verbose=verbose)
+    except RunBusy as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    where = f"{the_run.remote} (local copy: {the_run.dir})" if the_run.remote else the_run.dir
+    console.print(f"run directory: {where}", highlight=False, soft_wrap=True)
+    _print_summary(summaries)
+
+
+def _print_summary(summaries: dict) -> None:
+    if p := summaries.get("prompts"):
+        console.print(f"prompts: {p['train']} train, {p['eval']} eval held out"
+                      + (f" ({p['train_overlapping_eval']} train prompts dropped: also in eval)" if p["train_overlapping_eval"] else ""))
+    if s := summaries.get("sample"):
+        t = Table(title="samples", show_header=True)
+        for col in ("prompts", "samples", "new this run", "errors", "accepted", "tokens/s"):
+            t.add_column(col, justify="right")
+        t.add_row(str(s.prompts), str(s.samples_total), str(s.samples_new), str(s.errors), str(s.accepted),
+                  f"{s.tokens_per_second:.1f}")
+        console.print(t)
+        if s.reused_from:
+            console.print(f"samples reused from run {s.reused_from} (same teacher, prompts, sampling and verifiers)")
+        if s.per_verifier:
+            v = Table(title="verifiers", show_header=True)
+            for col in ("verifier", "passed", "failed", "cannot verify", "accept rate"):
+                v.add_column(col, justify="right")
+            for name, c in s.per_verifier.items():
+                scored = c["passed"] + c["failed"] + c["none"]
+                v.add_row(name, str(c["passed"]), str(c["failed"]), str(c["none"]),
+                          f"{c['passed'] / scored:.1%}" if scored else "-")
+            console.print(v)
+        if len(s.rounds) > 1:
+            console.print("rounds: " + "; ".join(f"{r['round']}: {r['accepted']}/{r['samples']} accepted"
+                                                 for r in s.rounds)
+                          + f"; {len(s.never_passed)} prompts never accepted (listed in report.html)")
+    if f := summaries.get("filter"):
+        if f["filters"]:
+            t = Table(title=f"filters: {f['kept']} of {f['candidates']} accepted samples kept", show_header=True)
+            for col in ("filter", "mode", "seen", "flagged", "dropped", "marked", "redacted", "flagged by kind"):
+                t.add_column(col, justify="left" if col in ("filter", "mode", "flagged by kind") else "right")
+            for x in f["filters"]:
+                kinds = ", ".join(f"{c} {n}" for c, n in list(x["by_category"].items())[:4]) or "-"
+                t.add_row(x["filter"], x["mode"], *(str(x[k]) for k in ("seen", "flagged", "dropped", "marked", "redacted")),
+                          Text(kinds))
+            console.print(t)
+    if d := summaries.get("dataset"):
+        dropped = ", ".join(f"{reason} {n}" for reason, n in d["dropped"].items()) or "none"
+        console.print(f"dataset: {d['rows']} rows kept of {d['samples']} samples "
+                      f"({d['prompts_with_a_kept_sample']} prompts); dropped: {dropped}")
+    if t := summaries.get("train"):
+        console.print(f"train: {t['method']}, {t['steps']} steps, loss {t['train_loss']:.4f}, "
+                      f"{t['tokens_per_second']:.0f} tokens/s" + (" (resumed from a checkpoint)" if t["resumed"] else ""))
+    if e := summaries.get("evaluate"):
+        _print_eval(e)
+    for key in ("card", "report"):
+        if x := summaries.get(key):
+            console.print(f"{key}: {x[key]}", highlight=False, soft_wrap=True)
+
+
+def _print_eval(e: dict) -> None:
+    t = Table(title=f"student vs teacher on {e['held_out_prompts']} held-out prompts (k={e['k']})")
+    for col in ("model", "pass@1", f"pass@{e['k']}", "greedy", "mean tokens", "cost / correct"):
+        t.add_column(col, justify="right")
+    for role in ("teacher", "student"):
+        m = e[role]
+        cost = "-" if m["cost_per_correct"] is None else f"{m['cost_per_correct']:.3g}"
+        t.add_row(f"{role}: {m['model']}", f"{m['pass@1']:.1%}", f"{m['pass@k']:.1%}", f"{m['greedy_accuracy']:.1%}",
+                  f"{m['mean_output_tokens']:.1f}", cost)
+    console.print(t)
+
+
+@app.command()
+def card(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>/<run id>")):
+    """Rebuild the student's model card (student/README.md) and lineage.json from the run directory alone."""
+    from distill.stages.card import write_card
+
+    try:
+        path = write_card(run_dir)
+    except FileNotFoundError as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>/<run id>")):
+    """Redraw report.html from the run directory."""
+    from distill.run import RunDir
+    from distill.stages.report import build_report
+
+    if not RunDir(run_dir).resolved_recipe.is_file():
+        err.print(f"{run_dir}: not a distill run directory (no recipe.resolved.yaml)", markup=False, highlight=False)
+        raise typer.Exit(2)
+    console.print(f"wrote {build_report(run_dir)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def lineage(
+    teacher: Optional[str] = typer.Option(None, help="what derives from this teacher (id or model)"),
+    dataset: Optional[str] = typer.Option(None, help="what derives from this dataset (name or content hash)"),
+    licence: Optional[str] = typer.Option(None, help="what derives from anything under this licence id"),
+    model: Optional[str] = typer.Option(None, help="the full ancestry of this model (name or weights hash)"),
+    json_out: bool = typer.Option(False, "--json", help="rows as JSON"),
+    store: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the lineage store (default: $DISTILL_LINEAGE_URL, else runs/lineage.sqlite)"),
+    runs_dir: str = typer.Option("runs", help="where the default SQLite store lives (for a bucket URI, in this "
+                                              "machine's local copy of it: the store is the driver's)"),
+):
+    """Query the lineage store: what derives from a teacher, dataset or licence (for a licence change or a takedown), or a model's ancestry."""
+    from distill.lineage_store import lineage_command
+
+    lineage_command(teacher=teacher, dataset=dataset, licence=licence, model=model, json_out=json_out,
+                    store_url=store, runs_dir=runs_dir)

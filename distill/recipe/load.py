@@ -1,0 +1,130 @@
+"""Loading a recipe: parse the YAML, check every field and component, resolve the teacher and
+the student's base once, and report every problem at once (file, dotted key, bad value, what is
+allowed), so a user fixes a recipe in one pass instead of one error per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from distill.problems import Problem, RecipeError, RecipeLoader, dotted, problems_from, yaml_error
+from distill.recipe.checks import check_passthrough
+from distill.recipe.schema import Component, Filter, PromptSource, Recipe, Verifier
+from distill.registry import Params, Registry
+from distill.teachers import Teacher, load_teacher
+
+
+def _check_components(
+    recipe_data: dict, registry: Registry, loc: tuple, key: str, base: type[Component], base_dir: Path
+) -> tuple[list[Problem], list[Params]]:
+    """Second pass: each component's name must be registered and its parameters valid."""
+    problems: list[Problem] = []
+    resolved: list[Params] = []
+    items = recipe_data
+    for part in loc:
+        items = items.get(part) if isinstance(items, dict) else None
+    if not isinstance(items, list):
+        return problems, resolved
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get(key), str):
+            continue  # the first pass already reported it
+        name = item[key]
+        if name not in registry:
+            problems.append(Problem(dotted(loc + (i, key)), registry.unknown(name)))
+            continue
+        entry = registry.get(name)
+        own = {k: v for k, v in item.items() if k not in base.model_fields}
+        try:
+            resolved.append(entry.params.model_validate(own, context={"base_dir": base_dir}))
+        except ValidationError as e:
+            problems.extend(problems_from(e, entry.params, loc + (i,), tuple(base.model_fields)))
+    return problems, resolved
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check a recipe; raises RecipeError listing every problem found."""
+    from distill.prompts import PROMPT_SOURCES
+    from distill.filters import FILTERS
+    from distill.verifiers import VERIFIERS
+
+    path = Path(path)
+    file = str(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=RecipeLoader)
+    except FileNotFoundError:
+        raise RecipeError(file, [Problem("(file)", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8 text
+        raise RecipeError(file, [Problem("(file)", f"cannot read: {e}")]) from None
+    except yaml.YAMLError as e:
+        raise RecipeError(file, [Problem("(file)", f"not valid YAML: {yaml_error(e)}")]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(file, [Problem("(top level)", "a recipe is a mapping of sections (name, teacher, prompts, ...)")])
+
+    problems: list[Problem] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        problems.extend(problems_from(e, Recipe))
+
+    base_dir = path.parent
+    checks = [
+        (PROMPT_SOURCES, ("prompts", "train"), "source", PromptSource),
+        (PROMPT_SOURCES, ("prompts", "eval"), "source", PromptSource),
+        (VERIFIERS, ("verifiers",), "name", Verifier),
+        (FILTERS, ("filters",), "name", Filter),
+    ]
+    resolved_lists = []
+    for registry, loc, key, base in checks:
+        found, params = _check_components(data, registry, loc, key, base, base_dir)
+        problems.extend(found)
+        resolved_lists.append(params)
+
+    teacher_entry = None
+    teacher_ref = data.get("teacher")
+    teacher_id = teacher_ref.get("id") if isinstance(teacher_ref, dict) else teacher_ref
+    if isinstance(teacher_id, str):
+        key = "teacher" if isinstance(teacher_ref, str) else "teacher.id"
+        try:
+            teacher_entry = load_teacher(teacher_id, base_dir)
+            served = teacher_entry.endpoint is not None
+            if served and isinstance(teacher_ref, dict) and teacher_ref.get("engine_args"):
+                problems.append(Problem("teacher.engine_args", "the teacher is served over HTTP (its entry has an "
+                                        "endpoint): engine arguments belong to that server, remove them here"))
+            from distill.backends import BACKENDS, backend_name
+
+            if (backend := backend_name(teacher_entry)) not in BACKENDS:
+                problems.append(Problem(key, f"teacher {teacher_id!r}: backend: {BACKENDS.unknown(backend)}"))
+            elif backend == "openai-http" and teacher_entry.endpoint is None:
+                problems.append(Problem(key, f"teacher {teacher_id!r}: backend openai-http serves an endpoint: add "
+                                             "`endpoint: {base_url: ...}` to the entry, or remove `backend`"))
+        except ValidationError as e:  # before ValueError: pydantic's ValidationError is a ValueError
+            details = "; ".join(f"{p.key}: {p.message}" for p in problems_from(e, Teacher))
+            problems.append(Problem(key, f"teacher file {teacher_id!r} is invalid: {details}"))
+        except ValueError as e:
+            problems.append(Problem(key, str(e)))
+
+    if recipe is not None:
+        problems.extend(check_passthrough(recipe))
+        if recipe.sampling.accepted_per_prompt and not any(v.required for v in recipe.verifiers):
+            problems.append(Problem("sampling.accepted_per_prompt", "counts samples the verifiers accepted: "
+                                    "add a required verifier, or remove it"))
+        if recipe.student is not None:
+            recipe._path = path
+            try:
+                recipe.student_base
+            except ValueError as e:
+                problems.append(Problem("student.base", str(e)))
+
+    if problems:
+        raise RecipeError(file, problems)
+    assert recipe is not None
+    recipe._path = path
+    recipe._teacher = teacher_entry
+    lists = [recipe.prompts.train, recipe.prompts.eval, recipe.verifiers, recipe.filters]
+    for components, params in zip(lists, resolved_lists):
+        for component, p in zip(components, params):
+            component._params = p
+    return recipe

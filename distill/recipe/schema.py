@@ -1,0 +1,307 @@
+"""The recipe's schema: one typed class per section, every default here with its reason.
+
+Unknown keys are errors. Every field has a description; docs/recipe-reference.md is generated
+from them (`python -m distill.recipe.reference`), and a test fails when that page is stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from distill.licensing import Acknowledgement
+from distill.models import StudentBase, resolve_base
+from distill.registry import Params
+from distill.schema import Strict
+from distill.teachers import Teacher, load_teacher
+
+
+class Section(Strict):
+    """A recipe section: unknown keys are errors."""
+
+
+class Component(BaseModel):
+    """A registered component in a recipe list: its short name plus its own parameters.
+
+    The parameters are checked against the registered Params class in a second pass
+    (distill/recipe/load.py), which also resolves them into `params`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    _params: Params | None = PrivateAttr(default=None)
+
+    @property
+    def params(self) -> Params:
+        assert self._params is not None, "recipe not loaded through load_recipe"
+        return self._params
+
+
+class PromptSource(Component):
+    """A prompt source by registered name (`distill ls` lists them), with that source's own keys."""
+
+    source: str = Field(description="a registered prompt source: jsonl, parquet, hf-disk, arithmetic, ... "
+                                    "(`distill ls`), or a plug-in's dotted name")
+
+
+class TeacherRef(Section):
+    """The teacher: a shipped entry or a YAML file of the same shape."""
+
+    id: str = Field(description="a shipped teacher id (distill ls) or the path of a teacher YAML")
+    engine_args: dict[str, Any] = Field({}, description="vLLM engine arguments over the teacher entry's serving "
+                                                        "defaults, e.g. {enforce_eager: true}; checked against vLLM")
+
+
+class Prompts(Section):
+    """Where the prompts come from."""
+
+    train: list[PromptSource] = Field(min_length=1, description="sources of the prompts the teacher answers "
+                                                                "for training")
+    eval: list[PromptSource] = Field([], description="held-out sources: never sampled for training; the evaluate "
+                                                     "stage answers these, and decontamination checks against them")
+    system_prompt: str | None = Field(None, description="a system turn before every prompt; none keeps the chat "
+                                                        "template's own default")
+
+
+class Sampling(Section):
+    """How the teacher samples; the evaluation uses the same settings."""
+
+    n: int = Field(8, ge=1, le=1024, description="samples per prompt: several, so the verifiers can keep the good ones")
+    temperature: float = Field(0.8, ge=0, description="diverse enough for n samples to differ")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 keeps every token")
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below this share of the top token's probability")
+    max_tokens: int = Field(512, ge=1, description="per completion: long enough for short reasoning, bounded cost")
+    repetition_penalty: float = Field(1.0, gt=0, description="1: none")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI-style presence penalty; 0: none")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI-style frequency penalty; 0: none")
+    stop: list[str] = Field([], description="strings that end a completion")
+    seed: int = Field(0, ge=0, description="each sample's seed derives from this, its prompt and its index")
+    batch_size: int = Field(64, ge=1, description="samples per written batch file: bounds what a crash can cost "
+                                                  "(at most the batches in flight)")
+    accepted_per_prompt: int | None = Field(
+        None, ge=1, description="verifier in the loop: a prompt with fewer accepted samples after a round is "
+                                "sampled again (n more samples, new seeds); none: one round")
+    max_rounds: int = Field(1, ge=1, le=100, description="rounds in all, with accepted_per_prompt")
+    attempts: int = Field(3, ge=1, le=20, description="passes over a round's work: a pass an engine crash or a lost "
+                                                      "worker node cut short is followed by one for what is missing")
+    extra: dict[str, Any] = Field({}, description="further vllm.SamplingParams fields, passed through unchanged "
+                                                  "(checked against vLLM)")
+
+    @model_validator(mode="after")
+    def _rounds_need_a_target(self):
+        if self.max_rounds > 1 and self.accepted_per_prompt is None:
+            raise ValueError("max_rounds > 1 re-samples prompts with too few accepted samples: "
+                             "set accepted_per_prompt too")
+        return self
+
+
+class Verifier(Component):
+    """A verifier by registered name, with its own keys."""
+
+    name: str = Field(description="a registered verifier (`distill ls`), or a plug-in's dotted name")
+    required: bool = Field(True, description="a sample is accepted only if every required verifier passes it")
+    threshold: float = Field(1.0, ge=0, le=1, description="the score at or above which this verifier passes a sample")
+
+
+class Filter(Component):
+    """A filter by registered name, with its own keys; filters run in order."""
+
+    name: str = Field(description="a registered filter (`distill ls`), or a plug-in's dotted name")
+    mode: Literal["drop", "mark"] = Field("drop", description="drop a flagged row, or keep it and record the verdict")
+
+
+class Student(Section):
+    """The model trained on the kept samples; without it the run makes data only."""
+
+    name: str = Field(min_length=1, description="the published model's name")
+    base: str = Field(description="a shipped teacher id, a teacher YAML, or a local model directory")
+    commercial_use: bool = Field(True, description="what the licence engine checks the teachers' terms against")
+    competing: bool = Field(False, description="the student competes with an API provider whose outputs it learns "
+                                               "from (OpenAI's and Gemini's terms forbid that)")
+    acknowledge: list[Acknowledgement] = Field(
+        [], description="explicit, recorded overrides of licence refusals: each names the rule id it overrides "
+                        "(as `distill licence` prints it) and why")
+    base_licence: str | None = Field(None, description="licence id of a base given as a local directory; teacher "
+                                                       "entries carry their own")
+
+
+class Lora(Section):
+    """LoRA settings, with train.method: lora (the adapter is merged into the student)."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="adapter scale numerator (alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, "
+                                                                                        "or every linear layer")
+
+
+class Train(Section):
+    """Fine-tuning the student with TRL's SFTTrainer."""
+
+    method: Literal["full", "lora"] = Field("full", description="full fine-tuning, or a LoRA adapter merged after")
+    epochs: float = Field(1.0, gt=0, description="passes over the dataset")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (cosine schedule, 3% warm-up)")
+    batch_size: int = Field(8, ge=1, description="rows per device and step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="steps whose gradients add up before an update")
+    max_length: int = Field(1024, ge=16, description="tokens per row; longer samples are cut")
+    packing: bool = Field(True, description="several short samples share one row without padding: far fewer "
+                                            "wasted tokens")
+    seed: int = Field(0, description="the trainer's and the data order's seed")
+    save_steps: int = Field(50, ge=1, description="a checkpoint every this many steps: what a killed training "
+                                                  "can lose")
+    gradient_checkpointing: bool = Field(
+        True, description="recompute activations in the backward pass instead of keeping them (TRL's default): "
+                          "far less memory, more compute; a small student on short rows trains faster without")
+    lora: Lora = Field(Lora(), description="LoRA settings, with method: lora")
+    deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage on GPUs; 0: none")
+    workers: int = Field(1, ge=1, description="1 trains in-process; more are Ray Train data-parallel workers "
+                                              "(global batch: batch_size x workers)")
+    trl_args: dict[str, Any] = Field({}, description="further trl.SFTConfig arguments, passed through unchanged "
+                                                     "(checked against TRL)")
+
+    @model_validator(mode="after")
+    def _lora_not_on_sharded_weights(self):
+        if self.method == "lora" and self.deepspeed_stage == 3:
+            # Merging an adapter into ZeRO-3 shards would write a broken student.
+            raise ValueError("LoRA with deepspeed_stage 3 is not supported: use deepspeed_stage 2, or method: full")
+        return self
+
+
+class Eval(Section):
+    """Teacher and student on the held-out prompts, scored by the same verifiers."""
+
+    k: int = Field(4, ge=1, description="sampled answers per held-out prompt, for pass@1 and pass@k")
+    max_prompts: int | None = Field(None, ge=1, description="evaluate the first this many held-out prompts; none: all")
+    price_per_mtok: dict[str, float] = Field({}, description="price per 1M output tokens per model id, for the "
+                                                             "cost per correct answer; unset: parameters as the proxy")
+
+
+class Tracking(Section):
+    """Experiment tracking with wandb."""
+
+    wandb: Literal["auto", "offline", "online", "disabled"] = Field(
+        "auto", description="auto: online when logged in to wandb (an API key is set), else offline; offline keeps "
+                            "everything in the run directory and sends nothing")
+    project: str = Field("distill", description="the wandb project")
+    entity: str | None = Field(None, description="the wandb team or user; none: the default")
+
+
+class Cluster(Section):
+    """Where the run's Ray work goes."""
+
+    address: str | None = Field(None, description="a Ray cluster's address; none: a local Ray started for the run")
+    replicas: int = Field(1, ge=1, description="vLLM engine replicas sharing the prompt stream")
+    cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs each engine replica reserves")
+    resources_per_replica: dict[str, float] = Field(
+        {}, description="custom Ray resources each replica needs besides its CPUs/GPUs, to keep engines on the "
+                        "nodes that offer them, e.g. {teacher_node: 1}")
+    accelerator_type: str | None = Field(None, description="a Ray accelerator type for engines and training "
+                                                           "workers, e.g. A100")
+    wait_for_replicas_s: float | None = Field(
+        None, gt=0, description="seconds to wait for every replica to start before the first prompt; the run fails "
+                                "if they do not; none: work starts on the first engine up")
+
+
+class Recipe(Section):
+    """A distill recipe: one YAML file drives every stage."""
+
+    name: str = Field(max_length=100, description="names the run directory: letters, digits, '.', '_', '-'")
+    teacher: TeacherRef = Field(description="the teacher: an id or path, or {id, engine_args}")
+    prompts: Prompts = Field(description="the prompt sources")
+    sampling: Sampling = Field(Sampling(), description="how the teacher samples")
+    verifiers: list[Verifier] = Field([], description="scored on every sample; every verdict is recorded")
+    filters: list[Filter] = Field([], description="run in order over the accepted samples")
+    student: Student | None = Field(None, description="the model to train; none: a data-only run")
+    train: Train = Field(Train(), description="how the student is trained")
+    eval: Eval = Field(Eval(), description="how teacher and student are evaluated")
+    tracking: Tracking = Field(Tracking(), description="experiment tracking")
+    cluster: Cluster = Field(Cluster(), description="Ray cluster placement")
+    output_dir: str = Field("runs", description="where run directories go: a path, or a bucket URI (s3://, gs://)")
+
+    _path: Path | None = PrivateAttr(default=None)
+    # Resolved once, when first asked for (load_recipe asks): every stage reads these, none re-reads files.
+    _teacher: Teacher | None = PrivateAttr(default=None)
+    _base: StudentBase | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-', starting with a letter or digit: it names the run directory")
+        return v
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, v):
+        return {"id": v} if isinstance(v, str) else v
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    @property
+    def teacher_entry(self) -> Teacher:
+        """The teacher entry `teacher.id` names (a shipped id or a YAML path)."""
+        if self._teacher is None:
+            self._teacher = load_teacher(self.teacher.id, self.base_dir)
+        return self._teacher
+
+    @property
+    def student_base(self) -> StudentBase | None:
+        """What `student.base` is: id, weights, revision, licence; None without a student."""
+        if self.student is None:
+            return None
+        if self._base is None:
+            self._base = resolve_base(self.student.base, self.base_dir, self.student.base_licence)
+        return self._base
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled and every component's parameters resolved."""
+        data = self.model_dump(mode="json")
+        for section, key in (("prompts", "train"), ("prompts", "eval")):
+            data[section][key] = [_resolved(c, "source") for c in getattr(self.prompts, key)]
+        data["verifiers"] = [_resolved(v, "name") for v in self.verifiers]
+        data["filters"] = [_resolved(f, "name") for f in self.filters]
+        return data
+
+    def content_hash(self) -> str:
+        """Hash of what decides the outputs; tracking and cluster placement do not."""
+        return self._hash(self.resolved())
+
+    def samples_key(self) -> str:
+        """Hash of what decides the teacher's samples and their verdicts, and nothing else: two
+        recipes with the same key (say, differing in learning rate) can share one set of samples."""
+        data = self.resolved()
+        for key in ("batch_size", "attempts"):  # how results are grouped and retried, not what they are
+            data["sampling"].pop(key)
+        return self._hash({k: data[k] for k in ("teacher", "prompts", "sampling", "verifiers")})
+
+    def _hash(self, data: dict) -> str:
+        data = dict(data)
+        # Where a run is tracked, placed and written does not change what it makes: the same
+        # recipe has the same run id on a laptop and as a cluster job.
+        for key in ("tracking", "cluster", "output_dir"):
+            data.pop(key, None)
+        # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
+        # revision must not resume a run made with the old weights.
+        entry = self.teacher_entry.model_dump(mode="json")
+        if entry.get("endpoint"):  # where and what is served decides the samples; rate limits do not
+            entry["endpoint"] = {k: entry["endpoint"][k] for k in ("base_url", "model")}
+        if entry.get("backend") is None:  # the default backend: the same runs as entries without the key
+            entry.pop("backend", None)
+        data["teacher_entry"] = entry
+        data["sources_sha256"] = [
+            getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval
+        ]
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _resolved(component: Component, key: str) -> dict[str, Any]:
+    fixed = {k: v for k, v in component.model_dump(mode="json").items() if k in type(component).model_fields}
+    return {**fixed, key: getattr(component, key), **component.params.model_dump(mode="json")}

@@ -1,0 +1,219 @@
+"""The run: its directory, made or resumed, and the one owner of that directory's layout.
+
+The run id is derived from the recipe's content hash: the same recipe (and the same prompt
+files) resumes the same run; a changed recipe is a new run beside it. `RunDir` names every
+file of a run directory and reads and writes them; nothing else spells a path inside one.
+Writes are atomic (write, then rename), so a killed run never leaves a half file.
+
+When the recipe's output_dir is a bucket (s3://, gs://, ...), the stages work in a local copy
+of the run directory (storage.cache_dir) that is pulled from the bucket first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from distill import storage
+from distill.lineage import code_version, digest
+from distill.recipe import Recipe
+from distill.schema import (DATASET_SCHEMA, DECISIONS_SCHEMA, EVAL_SCHEMA, PROMPT_SCHEMA, SAMPLE_SCHEMA,
+                            STUDENT_META_FILE)
+from distill.teachers import Teacher
+
+
+class RunDir:
+    """The layout of a run directory: named paths, readers and atomic writers."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- paths --------------------------------------------------------------------------------
+    resolved_recipe = property(lambda self: self.root / "recipe.resolved.yaml")
+    licence = property(lambda self: self.root / "licence.json")
+    lock = property(lambda self: self.root / ".lock")
+    samples_dir = property(lambda self: self.root / "samples")
+    attempts = property(lambda self: self.samples_dir / "attempts.json")
+    filters_dir = property(lambda self: self.root / "filters")
+    decisions = property(lambda self: self.filters_dir / "decisions.parquet")
+    filter_summary = property(lambda self: self.filters_dir / "summary.json")
+    dataset_dir = property(lambda self: self.root / "dataset")
+    dataset = property(lambda self: self.dataset_dir / "train.parquet")
+    manifest = property(lambda self: self.dataset_dir / "manifest.json")
+    dataset_card = property(lambda self: self.dataset_dir / "README.md")
+    train_dir = property(lambda self: self.root / "train")
+    train_summary = property(lambda self: self.train_dir / "summary.json")
+    checkpoints = property(lambda self: self.train_dir / "checkpoints")
+    deepspeed_config = property(lambda self: self.train_dir / "deepspeed.json")
+    student_dir = property(lambda self: self.root / "student")
+    student_meta = property(lambda self: self.student_dir / STUDENT_META_FILE)
+    model_card = property(lambda self: self.student_dir / "README.md")
+    eval_dir = property(lambda self: self.root / "eval")
+    metrics = property(lambda self: self.root / "eval.json")
+    lineage = property(lambda self: self.root / "lineage.json")
+    report = property(lambda self: self.root / "report.html")
+
+    def prompts(self, split: str) -> Path:
+        return self.root / "prompts" / f"{split}.parquet"
+
+    def eval_answers(self, role: str) -> Path:
+        return self.eval_dir / f"{role}.parquet"
+
+    def sample_parts(self) -> list[Path]:
+        return sorted(self.samples_dir.glob("part-*.parquet"))
+
+    def student_staging(self) -> Path:
+        """Where a student is written before its one rename into student/."""
+        return self.root / f".student-{os.getpid()}"
+
+    def relative(self, *paths: Path) -> list[str]:
+        """The paths inside the run directory, as the mirror names them."""
+        return [p.relative_to(self.root).as_posix() for p in paths]
+
+    def trained(self) -> bool:
+        """A finished training: its summary and a complete student/ (written in one rename)."""
+        return self.train_summary.is_file() and (self.student_dir / "config.json").is_file()
+
+    # -- readers ------------------------------------------------------------------------------
+    @staticmethod
+    def read_json(path: Path) -> Any:
+        """The file's JSON, or None when it does not exist (the stage that writes it has not run)."""
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def read_resolved(self) -> dict:
+        return yaml.safe_load(self.resolved_recipe.read_text())
+
+    def read_prompts(self, split: str) -> list[dict]:
+        return pq.read_table(self.prompts(split)).to_pylist()
+
+    def read_samples(self, columns: list[str] | None = None) -> pa.Table:
+        parts = self.sample_parts()
+        if not parts:
+            return SAMPLE_SCHEMA.empty_table().select(columns) if columns else SAMPLE_SCHEMA.empty_table()
+        return pa.concat_tables(pq.read_table(p, columns=columns, schema=SAMPLE_SCHEMA) for p in parts)
+
+    def read_sample_part(self, part: Path) -> list[dict]:
+        return pq.read_table(part, schema=SAMPLE_SCHEMA).to_pylist()
+
+    def read_attempts(self) -> list[dict]:
+        return self.read_json(self.attempts) or []
+
+    def read_decisions(self) -> dict[str, dict] | None:
+        """sample_id -> {kept, completion, decisions}; None when the filter stage has not run."""
+        if not self.decisions.is_file():
+            return None
+        return {r["sample_id"]: r for r in pq.read_table(self.decisions, schema=DECISIONS_SCHEMA).to_pylist()}
+
+    def read_dataset(self) -> pa.Table:
+        return pq.read_table(self.dataset)
+
+    def read_eval_answers(self, role: str) -> pa.Table | None:
+        path = self.eval_answers(role)
+        return pq.read_table(path) if path.is_file() else None
+
+    # -- writers (atomic) ---------------------------------------------------------------------
+    write_json = staticmethod(storage.write_json)
+    write_text = staticmethod(storage.write_text)
+
+    def write_prompts(self, split: str, rows: list[dict]) -> None:
+        storage.write_parquet(self.prompts(split), pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA))
+
+    def write_sample_part(self, work_ids: list[str], rows: list[dict]) -> Path:
+        """A part named by the work it holds, so the same batch written twice is one file."""
+        part = self.samples_dir / f"part-{digest(sorted(work_ids))}.parquet"
+        self.rewrite_sample_part(part, rows)
+        return part
+
+    def rewrite_sample_part(self, part: Path, rows: list[dict]) -> None:
+        # By rename: a part hard-linked from a sibling run keeps its old content there.
+        storage.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
+
+    def append_attempt(self, record: dict) -> None:
+        storage.write_json(self.attempts, self.read_attempts() + [record])
+
+    def write_decisions(self, rows: list[dict]) -> None:
+        storage.write_parquet(self.decisions, pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA))
+
+    def write_dataset(self, rows: list[dict]) -> None:
+        storage.write_parquet(self.dataset, pa.Table.from_pylist(rows, schema=DATASET_SCHEMA))
+
+    def write_eval_answers(self, role: str, rows: list[dict]) -> pa.Table:
+        table = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
+        storage.write_parquet(self.eval_answers(role), table)
+        return table
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    teacher: Teacher
+    dir: Path  # where the stages read and write: the run directory, or the local copy of a remote one
+    id: str
+    recipe_hash: str
+    code_version: str
+    remote: str | None = None  # the run directory's URI when output_dir is a bucket
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.dir)
+
+    def mirror(self) -> storage.Mirror | None:
+        """The mirror between a remote run directory and its local copy; None for a local run."""
+        return storage.Mirror(self.remote, self.dir) if self.remote else None
+
+
+def open_run(recipe: Recipe) -> Run:
+    """The run directory of this recipe, made or resumed; a remote one is pulled into its local copy first."""
+    recipe_hash = recipe.content_hash()
+    run_id = recipe_hash[:12]
+    remote = None
+    if storage.is_remote(recipe.output_dir):
+        remote = storage.join(recipe.output_dir, recipe.name, run_id)
+        run_dir = storage.cache_dir(remote)
+        storage.Mirror(remote, run_dir).pull()
+    else:
+        run_dir = storage.local_path(recipe.output_dir) / recipe.name / run_id
+    teacher = recipe.teacher_entry
+    run = Run(recipe, teacher, run_dir, run_id, recipe_hash, code_version(), remote)
+    resolved = {
+        "recipe_hash": recipe_hash,
+        "samples_key": recipe.samples_key(),
+        "run_id": run_id,
+        "code_version": run.code_version,
+        "recipe": recipe.resolved(),
+        "teacher": teacher.model_dump(mode="json"),
+    }
+    if not run.files.resolved_recipe.exists():
+        storage.write_text(run.files.resolved_recipe, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    return run
+
+
+class RunBusy(RuntimeError):
+    pass
+
+
+def lock(run: Run):
+    """One process per run directory: two at once would sample the same work twice. The lock is
+    released when the returned file is closed (a killed process releases it too)."""
+    import fcntl
+
+    f = open(run.files.lock, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunBusy(f"{run.dir} is in use by another distill process (pid {holder}); wait for it or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -1,0 +1,17 @@
+"""A recipe's run id is its content hash: code changes must not move an existing run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.recipe import load_recipe
+
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo" / "smollm2-135m-from-smollm2-135m.yaml"
+
+
+def test_the_demo_recipe_keeps_its_run_id_and_samples_key():
+    """Pinned: a change that moves these makes every existing run directory unreachable by a
+    rerun (it would start over). Change them only on purpose, and say so in the release notes."""
+    recipe = load_recipe(DEMO)
+    assert recipe.content_hash()[:12] == "822ff8965df6"
+    assert recipe.samples_key()[:12] == "65018503d108"
