@@ -194,6 +194,7 @@ def submit(recipe_path: str | Path, recipe, address: str, output_dir: str | None
     out = output_dir_for(recipe, output_dir)
     env_vars = forwarded_env(list(env))
     _check_paths_stay_inside(recipe, recipe_path.parent)
+    _check_teachers_ship(recipe)
     client = (client_factory or make_client)(address)
     # Earlier run directories in the recipe's folder stay behind (where a laptop run put them, and
     # where this job will write, when either is inside it).
@@ -267,6 +268,18 @@ def _check_paths_stay_inside(recipe, base: Path) -> None:
     if outside:
         raise JobsError(f"the recipe names {', '.join(map(repr, outside))} outside its folder {base}, and only that "
                         "folder ships with the job: move the files into it, or give absolute paths every node sees")
+
+
+def _check_teachers_ship(recipe) -> None:
+    """Entries found through $DISTILL_TEACHERS live on this machine only: the job would not find them."""
+    from distill.teachers import catalog, origin
+
+    entries = catalog()
+    local = sorted({v for v in _strings(recipe.resolved()) if v in entries and origin(entries[v]) != "shipped"})
+    if local:
+        raise JobsError(f"the recipe names teacher entries from $DISTILL_TEACHERS ({', '.join(map(repr, local))}), "
+                        "which do not ship with the job: copy each YAML into the recipe's folder and name it by "
+                        "path (teacher: my-teacher.yaml)")
 
 
 def _strings(value) -> Iterator[str]:

@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 import distill
+import distill.teachers
 from distill import jobs
 from distill.cli import app
 
@@ -226,6 +227,19 @@ def test_files_named_outside_the_recipe_folder_are_refused(fake, tmp_path):
     out = runner.invoke(app, ["submit", str(path), "--address", "x:1"])
     assert out.exit_code == 2, out.output
     assert "'../elsewhere.jsonl' outside its folder" in out.output
+    assert not fake.submitted
+
+
+def test_a_teacher_entry_from_distill_teachers_is_refused_with_what_to_do(fake, tmp_path, monkeypatch):
+    own = tmp_path / "my-teachers"
+    own.mkdir()
+    entry = yaml.safe_load((Path(distill.teachers.SHIPPED) / "smollm2-135m-instruct.yaml").read_text())
+    (own / "my-smol.yaml").write_text(yaml.safe_dump({**entry, "id": "my-smol"}))
+    monkeypatch.setenv("DISTILL_TEACHERS", str(own))
+    path = write_recipe(tmp_path / "recipe", teacher="my-smol")
+    out = runner.invoke(app, ["submit", str(path), "--address", "x:1"])
+    assert out.exit_code == 2, out.output
+    assert "'my-smol'" in out.output and "copy each YAML into the recipe's folder" in out.output
     assert not fake.submitted
 
 
