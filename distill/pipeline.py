@@ -106,11 +106,6 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     return run, summaries
 
 
-def run_mirror(run: Run) -> storage.Mirror | None:
-    """The mirror between a remote run directory and its local copy; None for a local run."""
-    return run.mirror()
-
-
 def _register(run: Run, failing: bool = False) -> None:
     """Records the run's artifacts and their parents in the lineage store (the driver's job:
     for a bucket output_dir the default store is an SQLite file in this machine's cache, see

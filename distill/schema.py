@@ -1,5 +1,6 @@
-"""The bottom layer's shared records: the strict base every file-backed model uses, and the
-Parquet schemas of what a run writes (prompts, samples, filter decisions, dataset, evaluation).
+"""The bottom layer's shared records: the strict base every file-backed model uses, a verifier's
+verdict, a licence acknowledgement, and the Parquet schemas of what a run writes (prompts,
+samples, filter decisions, dataset, evaluation).
 
 Everything that reads what a user wrote (recipes, teacher entries, licence terms, component
 parameters) derives from `Strict`, so an unknown key is an error everywhere, never ignored.
@@ -8,8 +9,10 @@ The schemas are the run directory's file formats; distill/run.py reads and write
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 # What distill writes beside a student's weights: its revision, licence and size. A local model
@@ -21,6 +24,22 @@ class Strict(BaseModel):
     """A model whose unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's judgement of one completion: a score in [0, 1], or None for "cannot verify"
+    (no reference, nothing parsable), which is kept and counted, never coerced to 0 or 1."""
+
+    score: float | None
+    reason: str = ""
+
+
+class Acknowledgement(Strict):
+    """An explicit, recorded decision to go ahead despite a refusal; it names the rule it overrides."""
+
+    rule: str = Field(min_length=1, description="the refused rule's id, e.g. 'llama3.1:name-prefix'")
+    reason: str = Field(min_length=1, description="why it is acceptable: a written permission, an internal-only model, ...")
 
 
 PROMPT_SCHEMA = pa.schema([

@@ -8,23 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
 
 from distill.licensing.terms import Role
-from distill.schema import Strict
+from distill.schema import Acknowledgement, Strict  # noqa: F401  (Acknowledgement: part of this module's records)
 
 Verdict = Literal["allowed", "allowed-with-obligations", "refused"]
 
 
 class LicenceError(ValueError):
     """An input the engine cannot judge (a dataset licence given for a teacher, a base of unknown licence)."""
-
-
-class Acknowledgement(Strict):
-    """An explicit, recorded decision to go ahead despite a refusal; it names the rule it overrides."""
-
-    rule: str = Field(min_length=1, description="the refused rule's id, e.g. 'llama3.1:name-prefix'")
-    reason: str = Field(min_length=1, description="why it is acceptable: a written permission, an internal-only model, ...")
 
 
 class Ref(Strict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from distill.backends import Backend
 from distill.run import Run
 
 
@@ -23,8 +24,8 @@ class Context:
     run: Run
     stages: list[str]  # the stages this invocation runs, in order
     tracker: Any  # distill.tracking.Tracker (or anything with log/summary/table/active)
-    # model entry -> a backend serving it with the run's settings (the pipeline's make_backend)
-    make_backend: Callable[[Any], Any]
+    # model entry (None: the teacher) -> a backend serving it with the run's settings
+    make_backend: Callable[[Any], Backend]
     progress_factory: Callable[[str], Any] | None = None  # label -> a progress bar, or None
     # Stand-ins for the real backends (tests): the teacher's, and one per evaluated/judge model.
     teacher_backend_override: Any = None
@@ -38,11 +39,11 @@ class Context:
     def bar(self, label: str):
         return self.progress_factory(label) if self.progress_factory else None
 
-    def serve(self, model) -> Any:
+    def serve(self, model) -> Backend:
         """A backend serving `model` (a teacher entry) with the run's sampling settings."""
         return self.backend_for(model) if self.backend_for is not None else self.make_backend(model)
 
-    def teacher_backend(self) -> Any:
+    def teacher_backend(self) -> Backend:
         if self.teacher_backend_override is not None:
             return self.teacher_backend_override
         return self.make_backend(None)
@@ -51,7 +52,7 @@ class Context:
         """Forgets the model backends made so far: each stage starts the ones it needs."""
         self._served.clear()
 
-    def served_by_id(self, model_id: str) -> Any:
+    def served_by_id(self, model_id: str) -> Backend:
         """model id (a teacher id or YAML) -> a backend serving it, made once per id and stage,
         started when first asked for: the judge verifier and guard-model filters use it."""
         if model_id not in self._served:

@@ -21,14 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from distill.registry import Registry
+from distill.schema import Verdict  # noqa: F401  (the verifiers' result type, re-exported)
 
 VERIFIERS = Registry("verifier", group="distill.verifiers")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    score: float | None
-    reason: str = ""
 
 
 @dataclass
