@@ -34,7 +34,13 @@ def resolve_mode(setting: str) -> str:
 
 
 class Tracker:
-    """A thin layer over a wandb run; every method is a no-op when tracking is disabled."""
+    """A thin layer over a wandb run; every method is a no-op when tracking is disabled.
+
+    Tracking never ends a run: if wandb cannot start online it starts offline in the run
+    directory, if it cannot start at all tracking is off, and a call that fails mid-run stops
+    tracking for the rest of the run. Each case is one warning line naming the `wandb sync`
+    command for what was recorded.
+    """
 
     def __init__(self, run, stage_names: list[str] | None = None):
         t = run.recipe.tracking
@@ -42,18 +48,44 @@ class Tracker:
         self.wb = None
         if self.mode == "disabled":
             return
-        import wandb
-
         os.environ.setdefault("WANDB_SILENT", "true")  # distill prints its own summary
-        self.wb = wandb.init(
-            project=t.project, entity=t.entity, mode=self.mode, dir=str(run.dir),
-            group=run.id, name=f"{run.recipe.name}-{run.id}", job_type="distill-run",
-            config={"recipe": run.recipe.resolved(), "recipe_hash": run.recipe_hash, "run_id": run.id,
-                    "code_version": run.code_version, "teacher": run.teacher.model_dump(mode="json")},
-            tags=["distill"] + (stage_names or []),
-            settings=wandb.Settings(console="off", save_code=False, x_disable_stats=True),
-            reinit="finish_previous",
-        )
+        try:
+            import wandb
+        except Exception as e:  # noqa: BLE001 - a broken install is no reason to lose the run either
+            self._give_up(f"wandb could not be imported ({_reason(e)})")
+            return
+        kwargs = {
+            "project": t.project, "entity": t.entity, "dir": str(run.dir),
+            "group": run.id, "name": f"{run.recipe.name}-{run.id}", "job_type": "distill-run",
+            "config": {"recipe": run.recipe.resolved(), "recipe_hash": run.recipe_hash, "run_id": run.id,
+                       "code_version": run.code_version, "teacher": run.teacher.model_dump(mode="json")},
+            "tags": ["distill"] + (stage_names or []),
+            "reinit": "finish_previous",
+        }
+
+        def start(mode: str):
+            settings = wandb.Settings(console="off", save_code=False, x_disable_stats=True,
+                                      init_timeout=t.init_timeout_s)
+            return wandb.init(mode=mode, settings=settings, **kwargs)
+
+        try:
+            self.wb = start(self.mode)
+            return
+        except Exception as e:  # noqa: BLE001 - wandb raises many kinds (network, auth, quota, timeout)
+            first = e
+        if self.mode != "online":
+            self._give_up(f"wandb could not start an {self.mode} run ({_reason(first)})")
+            return
+        try:
+            self.wb = start("offline")
+        except Exception as e:  # noqa: BLE001 - as above: tracking is never worth the run
+            self._give_up(f"wandb could not start online ({_reason(first)}) nor offline ({_reason(e)})")
+            return
+        self.mode = "offline"
+        sync = self._sync_dir()
+        log.warning("wandb could not start online (%s; tracking.init_timeout_s is %gs); continuing with an "
+                    "offline run in %s; upload it later with `wandb sync %s`", _reason(first), t.init_timeout_s,
+                    sync, sync)
 
     @property
     def active(self) -> bool:
@@ -62,23 +94,51 @@ class Tracker:
     def log(self, values: dict, prefix: str = "") -> None:
         if self.wb is not None:
             flat = _flatten(values, prefix)
-            self.wb.log({k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            self._call("log", self.wb.log,
+                       {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     def summary(self, values: dict, prefix: str = "") -> None:
         if self.wb is not None:
-            self.wb.summary.update(_flatten(values, prefix))
+            self._call("summary", lambda: self.wb.summary.update(_flatten(values, prefix)))
 
     def table(self, name: str, rows: list[dict]) -> None:
         if self.wb is not None and rows:
             import wandb
 
             columns = list(rows[0])
-            self.wb.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+            self._call("table", lambda: self.wb.log(
+                {name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}))
 
     def finish(self, failed: bool = False) -> None:
         if self.wb is not None:
-            self.wb.finish(exit_code=1 if failed else 0)
+            self._call("finish", self.wb.finish, exit_code=1 if failed else 0)
             self.wb = None
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        """Runs one wandb call; on an error, warns and stops tracking, so the run carries on."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a tracking failure must not end the run
+            sync = self._sync_dir()
+            self.wb = None  # later calls do nothing: a half-working tracker would warn on every step
+            log.warning("wandb %s failed (%s); the run continues without tracking; what was recorded is in %s, "
+                        "upload it later with `wandb sync %s`", what, _reason(e), sync, sync)
+
+    def _sync_dir(self) -> str:
+        try:
+            return str(self.wb.settings.sync_dir)
+        except Exception:  # noqa: BLE001 - only the warning's text depends on it
+            return "the run directory's wandb/"
+
+    def _give_up(self, what: str) -> None:
+        self.mode, self.wb = "disabled", None
+        log.warning("%s; the run continues without tracking", what)
+
+
+def _reason(e: BaseException) -> str:
+    """The exception's type and its message's first line: wandb's own messages run to several."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _flatten(values: dict, prefix: str) -> dict:

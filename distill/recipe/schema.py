@@ -65,6 +65,10 @@ class Prompts(Section):
                                                      "stage answers these, and decontamination checks against them")
     system_prompt: str | None = Field(None, description="a system turn before every prompt; none keeps the chat "
                                                         "template's own default")
+    bad_rows: Literal["fail", "skip"] = Field(
+        "fail", description="a prompt-file row that cannot be a prompt (not JSON, not an object, no question, no "
+                            "answer when answer_field is set): fail lists them when the recipe loads and runs "
+                            "nothing; skip leaves them out and logs how many")
 
 
 class Sampling(Section):
@@ -189,6 +193,10 @@ class Tracking(Section):
                             "everything in the run directory and sends nothing")
     project: str = Field("distill", description="the wandb project")
     entity: str | None = Field(None, description="the wandb team or user; none: the default")
+    init_timeout_s: float = Field(
+        10, gt=0, description="seconds wandb may take to start a run; online runs past it continue offline in the run "
+                              "directory (`wandb sync` uploads them later), so an unreachable server does not hold up "
+                              "the run for long")
 
 
 class Cluster(Section):
@@ -287,6 +295,9 @@ class Recipe(Section):
         # recipe has the same run id on a laptop and as a cluster job.
         for key in ("tracking", "cluster", "output_dir"):
             data.pop(key, None)
+        # Keys added at their default leave the hash as it was, so earlier runs keep their ids.
+        if data.get("prompts", {}).get("bad_rows") == "fail":
+            data["prompts"] = {k: v for k, v in data["prompts"].items() if k != "bad_rows"}
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
         # revision must not resume a run made with the old weights.
         entry = self.teacher_entry.model_dump(mode="json")
