@@ -31,8 +31,11 @@ container with all capabilities: everything below applies):
 - a mount namespace: every mount read-only; /tmp, /var/tmp, /dev/shm and /run replaced by empty
   directories of one private tmpfs of `scratch_mb` (host sockets there, e.g. Ray's, are out of
   reach), which also holds the working directory, so the disk it can fill is bounded too.
-  Where the interpreter sits below a directory others may not enter (pyenv in /root, mode
-  700), an empty read-only tmpfs covers that directory with just the interpreter bound back;
+  Whatever of the interpreter lies in one of those directories (a venv in /tmp, the interpreter
+  it links to) is bound back read-only at its own path, in directories made anew above it, and
+  nothing else of the host's /tmp is visible. Where the interpreter sits below a directory
+  others may not enter (pyenv in /root, mode 700), an empty read-only tmpfs covers that
+  directory with just the interpreter bound back;
 - a PID namespace with a fresh /proc: it sees only its own processes (not the caller's
   environment through /proc). Its process 1 is a small init, the program process 2 (process 1
   would not get its own SIGSEGV or the CPU limit's SIGXCPU); stopping a run kills the init, and

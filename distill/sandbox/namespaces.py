@@ -112,17 +112,16 @@ def private_mounts(lib, cfg: dict, owner: int, applied: list, missing: list) -> 
     for _, sub, mode in _HIDDEN_DIRS:
         os.mkdir(f"{root}/{sub}")
         os.chmod(f"{root}/{sub}", mode)
-    # An interpreter or virtualenv under a hidden dir (a CI venv in /tmp) must stay visible.
     needed = _interpreter_dirs(cfg["argv"][0], cfg["env"]["PATH"])
+    targets = [t for t, _, _ in _HIDDEN_DIRS if os.path.isdir(t) and not os.path.islink(t)]
+    # Opened before the hiding binds: afterwards the host's copies are out of reach.
+    kept = _in_sight(needed, targets)
     hidden = []
     for target, sub, _ in _HIDDEN_DIRS:
-        if not os.path.isdir(target) or os.path.islink(target):
-            continue
-        if any(_under(p, target) for p in needed):
-            missing.append(f"hide {target}: the interpreter lives there")
-            continue
-        mount(lib, f"{root}/{sub}", target, None, MS_BIND)
-        hidden.append(target)
+        if target in targets:
+            mount(lib, f"{root}/{sub}", target, None, MS_BIND)
+            hidden.append(target)
+    _bind_back(lib, kept, applied, missing)
     os.makedirs(workdir, exist_ok=True)  # it may now sit in an empty replacement dir
     mount(lib, f"{root}/work", workdir, None, MS_BIND)
     os.close(scratch_fd)
@@ -139,11 +138,81 @@ def private_mounts(lib, cfg: dict, owner: int, applied: list, missing: list) -> 
 
 
 def _interpreter_dirs(program: str, search_path: str) -> set[str]:
-    """The program's install prefix and this interpreter's (a venv and its base): what it must read."""
+    """The program's install prefix and this interpreter's (a venv and its base): what it must read.
+
+    Directories a .pth file adds to sys.path (an editable install's checkout) are left out: site
+    skips those it cannot find, and a teacher's program has no use for the caller's project.
+    """
     found = next((os.path.join(d, program) for d in search_path.split(":") if "/" not in program
                   and os.access(os.path.join(d, program), os.X_OK)), program)
-    dirs = {os.path.dirname(os.path.dirname(os.path.realpath(found))), os.path.abspath(found)}
+    invoked = os.path.abspath(found)
+    dirs = {os.path.dirname(os.path.dirname(os.path.realpath(found))), invoked}
+    # A venv is found from the path it was started by, not the binary it links to; with -S the
+    # launcher's own sys.prefix is the base interpreter's, so the venv is only known this way.
+    for venv in (os.path.dirname(invoked), os.path.dirname(os.path.dirname(invoked))):
+        if os.path.isfile(os.path.join(venv, "pyvenv.cfg")):
+            dirs.add(venv)
+            break
     return dirs | {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+
+
+def _in_sight(paths: set[str], hidden: list[str]) -> dict[str, str | int]:
+    """What of `paths` lies strictly below a dir about to be hidden: path -> symlink text, or an
+    O_PATH fd of the file or dir to bind back. Symlinks are followed, so a chain stays whole."""
+    found: dict[str, str | None] = {}
+    todo = list(paths)
+    while todo:
+        path = os.path.normpath(todo.pop())
+        if path in found or not any(path != d and _under(path, d) for d in hidden):
+            continue  # a hidden dir itself is never bound back: that would undo the hiding
+        if os.path.islink(path):
+            found[path] = os.readlink(path)
+            todo.append(os.path.join(os.path.dirname(path), found[path]))
+        elif os.path.exists(path):
+            found[path] = None
+    binds = [p for p, link in found.items() if link is None]
+    kept: dict[str, str | int] = {}
+    for path in sorted(found):
+        if any(path != b and _under(path, b) for b in binds):
+            continue  # visible through the bind of a dir above it
+        kept[path] = found[path] if found[path] is not None else os.open(path, os.O_PATH)
+    return kept
+
+
+def _bind_back(lib, kept: dict[str, str | int], applied: list, missing: list) -> None:
+    """Put what `_in_sight` found back at its own path in the private dirs, read-only.
+
+    The dirs above it are made anew (the launcher's, 0755): the rest of the host's dir stays
+    hidden, and the program cannot rename or replace what was bound back."""
+    mask = os.umask(0o022)
+    done = []
+    try:
+        for path, what in kept.items():
+            try:
+                if isinstance(what, str):
+                    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                    os.symlink(what, path)
+                else:
+                    source = f"/proc/self/fd/{what}"
+                    if os.path.isdir(source):
+                        os.makedirs(path, 0o755, exist_ok=True)
+                    else:
+                        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                        open(path, "ab").close()
+                    mount(lib, source, path, None, MS_BIND)
+                    # In a user namespace a remount must keep the flags the source mount is locked with.
+                    locked = os.statvfs(path).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                    mount(lib, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked)
+                done.append(path)
+            except OSError as e:
+                missing.append(f"bind back {path}: {e}")
+    finally:
+        os.umask(mask)
+        for what in kept.values():
+            if isinstance(what, int):
+                os.close(what)
+    if done:
+        applied.append("bound-back:" + ",".join(done))
 
 
 def _expose(lib, paths: set[str], applied: list, missing: list) -> None:

@@ -5,6 +5,7 @@ skips with the reason instead of passing without having tested anything."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -299,3 +300,74 @@ def _usable_by_nobody(path: str) -> bool:
                               capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+@pytest.fixture
+def venv_in_tmp():
+    """A virtualenv under /tmp, as CI makes one, below a directory only its owner may enter."""
+    parent = tempfile.mkdtemp(prefix="sbx-venv-", dir="/tmp")
+    venv = os.path.join(parent, "venv")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=60,
+                       capture_output=True)
+        # Writable by anyone on the host: only the sandbox's read-only view may refuse a write.
+        os.chmod(venv, 0o777)
+        os.chmod(f"{venv}/bin", 0o777)
+        yield venv
+    finally:
+        shutil.rmtree(parent)
+
+
+@pytest.mark.parametrize("caller", [False, True], ids=["program-from-venv", "caller-from-venv"])
+def test_tmp_is_hidden_from_an_interpreter_that_lives_there(isolation, venv_in_tmp, tmp_path, caller):
+    require(isolation, "mountns", "readonly-fs", "hidden")
+    venv = venv_in_tmp
+    planted = [f"/tmp/distill-planted-{uuid.uuid4().hex}", f"{os.path.dirname(venv)}/planted"]
+    for path in planted:
+        Path(path).write_text("host secret")
+        os.chmod(path, 0o644)  # readable by any uid: only hiding /tmp keeps it out of reach
+    code = (
+        "import os, sys\n"
+        "print(sys.prefix)\n"
+        "print(sorted(os.listdir('/tmp')))\n"
+        f"for path in {planted!r}:\n"
+        "    try:\n"
+        "        print('read', open(path).read())\n"
+        "    except OSError as e:\n"
+        "        print('unreadable', e.strerror)\n"
+        f"for path in [{venv + '/escape'!r}, {venv + '/bin/escape'!r}]:\n"
+        "    try:\n"
+        "        open(path, 'w').write('escaped')\n"
+        "        print('wrote', path)\n"
+        "    except OSError as e:\n"
+        "        print('refused', e.strerror)\n"
+    )
+    if caller:  # the whole of distill runs from the venv: the launcher is that interpreter too
+        copy_package(str(tmp_path))
+        driver = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import sandbox\n"
+            "limits = sandbox.Limits(10, 5, 256, 8, 65536, 1 << 20, 16)\n"
+            "r = sandbox.run([sys.executable, '-I', 'main.py'], files={'main.py': sys.argv[2]}, limits=limits)\n"
+            "print(json.dumps([r.exit_code, r.stdout, r.stderr, r.isolation, r.missing]))\n"
+        )
+        done = subprocess.run([f"{venv}/bin/python", "-I", "-S", "-c", driver, str(tmp_path), code], check=False,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        exit_code, stdout, stderr, applied, missing = json.loads(done.stdout)
+    else:
+        result = run([f"{venv}/bin/python", "-I", "main.py"], files={"main.py": code}, limits=LIMITS)
+        exit_code, stdout, stderr, applied, missing = (result.exit_code, result.stdout, result.stderr,
+                                                       result.isolation, result.missing)
+    try:
+        assert exit_code == 0, (stdout, stderr, missing)
+        lines = stdout.splitlines()
+        assert lines[0] == venv  # its own venv, found through the directory bound back
+        assert not any(os.path.basename(p) in lines[1] for p in planted), lines[1]
+        assert lines[2:4] == ["unreadable No such file or directory"] * 2, stdout
+        assert lines[4:] == ["refused Read-only file system"] * 2, stdout
+        assert not any(m.startswith("hide /tmp") for m in missing), missing
+        assert any(a.startswith("hidden:") and "/tmp" in a[len("hidden:"):].split(",") for a in applied), applied
+    finally:
+        for path in planted:
+            os.remove(path)
+    assert not os.path.exists(f"{venv}/escape") and not os.path.exists(f"{venv}/bin/escape")
