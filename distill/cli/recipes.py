@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from distill.cli.app import app, console, err
+from distill.cli.progress import LogBar, RichBar
 
 
 def _load(recipe: str):
@@ -87,19 +88,6 @@ def licence(
     raise typer.Exit(2 if decision.refusals else 0)
 
 
-class _Bar:
-    """The sample stage's progress, as a rich bar."""
-
-    def __init__(self, progress: Progress, label: str):
-        self.progress, self.label, self.task = progress, label, None
-
-    def start(self, total: int, completed: int = 0):
-        self.task = self.progress.add_task(self.label, total=total, completed=completed)
-
-    def advance(self, n: int):
-        self.progress.advance(self.task, n)
-
-
 @app.command()
 def run(
     recipe: str = typer.Argument(..., help="path of a recipe YAML"),
@@ -118,9 +106,12 @@ def run(
     from distill.pipeline import RunBusy
 
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: _Bar(progress, label),
-                                              verbose=verbose)
+        if console.is_terminal:
+            with Progress(*columns, console=console, transient=False) as progress:
+                the_run, summaries = run_pipeline(r, until, progress_factory=lambda label: RichBar(progress, label),
+                                                  verbose=verbose)
+        else:  # a file or `ray job logs`: bars would never be drawn, so progress goes out as lines
+            the_run, summaries = run_pipeline(r, until, progress_factory=LogBar, verbose=verbose)
     except RunBusy as e:
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -132,7 +123,8 @@ def run(
 def _print_summary(summaries: dict) -> None:
     if p := summaries.get("prompts"):
         console.print(f"prompts: {p['train']} train, {p['eval']} eval held out"
-                      + (f" ({p['train_overlapping_eval']} train prompts dropped: also in eval)" if p["train_overlapping_eval"] else ""))
+                      + (f" ({p['train_overlapping_eval']} train prompts dropped: also in eval)" if p["train_overlapping_eval"] else "")
+                      + (f"; {p['bad_rows_skipped']} bad rows skipped" if p.get("bad_rows_skipped") else ""))
     if s := summaries.get("sample"):
         t = Table(title="samples", show_header=True)
         for col in ("prompts", "samples", "new this run", "errors", "accepted", "tokens/s"):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
@@ -25,6 +26,7 @@ PROMPT_SOURCES = Registry(
     "its params need a `licence` field: every sample carries the licence of the prompt it came from",
 )
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 
 
 def prompt_id(question: str) -> str:
@@ -54,6 +56,9 @@ class FileParams(Params):
     limit: int | None = Field(None, ge=1)
     _sha256: str = PrivateAttr(default="")
     _base_dir: Path = PrivateAttr(default=Path("."))
+    # The recipe's prompts.bad_rows, and how many rows it left out; set when the recipe loads.
+    _bad_rows: str = PrivateAttr(default="fail")
+    _skipped_rows: int = PrivateAttr(default=0)
 
     @field_validator("path")
     @classmethod
@@ -76,27 +81,167 @@ class FileParams(Params):
     def content_sha256(self) -> str:
         return self._sha256
 
+    @property
+    def skipped_rows(self) -> int:
+        """Bad rows left out (prompts.bad_rows: skip), as counted when the recipe loaded."""
+        return self._skipped_rows
+
 
 class HfDiskParams(FileParams):
     split: str | None = None  # for a DatasetDict: which split to read
 
 
-def _rows_to_prompts(rows: Iterable[dict], p: FileParams) -> Iterable[dict]:
-    for i, row in enumerate(rows):
-        if p.limit is not None and i >= p.limit:
-            return
-        if not isinstance(row, dict):
-            raise ValueError(f"{p.path}: row {i} is {type(row).__name__}, not an object with a {p.question_field!r} field")
-        if p.question_field not in row:
-            raise ValueError(f"{p.path}: row {i} has no field {p.question_field!r}; fields: {', '.join(row)}")
-        if row[p.question_field] is None:  # a null cell (columnar files) would become the question "None"
-            raise ValueError(f"{p.path}: row {i}: field {p.question_field!r} is null")
+class SourceError(ValueError):
+    """A file source that cannot be read as configured; the message names the file and the fix."""
+
+
+class Unreadable:
+    """A row that could not be parsed; it stands in the row stream so the check can list it
+    beside the others instead of stopping at it."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+SHOWN_FIELDS = 12  # a wide row's field list is cut here: the message stays one readable line
+
+# A file source yields (where, row) pairs: `where` locates the row for a user (`path:line`
+# for JSON Lines, `path: row i` for tables), `row` is a dict, anything else JSON holds, or
+# Unreadable.
+Located = Iterator[tuple[str, Any]]
+
+
+def row_problem(row: Any, p: FileParams) -> str | None:
+    """Why a row cannot be a prompt, or None. The one rule both the load-time check and the
+    readers apply, so a file that passes `distill validate` reads the same at run time."""
+    if isinstance(row, Unreadable):
+        return row.why
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object with a {p.question_field!r} field"
+    names = list(map(str, row))
+    fields = ", ".join(names[:SHOWN_FIELDS]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN_FIELDS else "")
+    fields = fields or "none"
+    if p.question_field not in row:
+        return (f"no field {p.question_field!r}; the row's fields: {fields} "
+                "(set question_field to the one that holds the question)")
+    question = row[p.question_field]
+    if question is None:  # a null cell (columnar files) would become the question "None"
+        return f"field {p.question_field!r} is null"
+    if not isinstance(question, str):
+        return f"field {p.question_field!r} is {type(question).__name__}, not a string"
+    if not question.strip():
+        return f"field {p.question_field!r} is empty"
+    if p.answer_field and p.answer_field not in row:
+        return (f"no field {p.answer_field!r} (answer_field); the row's fields: {fields} "
+                "(set answer_field to the one that holds the answer, or remove it)")
+    return None
+
+
+def _within_limit(located: Located, p: FileParams) -> Iterator[tuple[str, Any, str | None]]:
+    """(where, row, problem) up to the `limit`-th good row: rows past it are never used, so
+    they are neither read nor checked."""
+    good = 0
+    for where, row in located:
+        problem = row_problem(row, p)
+        yield where, row, problem
+        if problem is None:
+            good += 1
+            if p.limit is not None and good >= p.limit:
+                return
+
+
+def _rows_to_prompts(located: Located, p: FileParams) -> Iterator[dict]:
+    for where, row, problem in _within_limit(located, p):
+        if problem is not None:
+            if p._bad_rows == "skip":
+                continue
+            # load_recipe has already checked every row; this guards a file changed since.
+            raise ValueError(f"{where}: {problem}")
         ref = row.get(p.answer_field) if p.answer_field else None
         if ref is not None and not isinstance(ref, str):
             # Structured references (a tool-call spec, a list of tests) stay parseable as JSON;
             # numpy scalars and arrays from Parquet become their plain Python values first.
             ref = json.dumps(ref.tolist() if hasattr(ref, "tolist") else ref, default=str)
-        yield {"question": str(row[p.question_field]), "reference": ref}
+        yield {"question": row[p.question_field], "reference": ref}
+
+
+def _jsonl_rows(p: FileParams) -> Located:
+    # Bytes, decoded line by line: one line that is not UTF-8 is one bad row, not a failed file.
+    with p.full_path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{p.path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield where, Unreadable("not UTF-8 text")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, Unreadable(f"not valid JSON ({e})")
+
+
+def _parquet_rows(p: FileParams) -> Located:
+    import pyarrow.parquet as pq
+
+    i = 0
+    for batch in pq.ParquetFile(p.full_path).iter_batches():  # a batch at a time: files can be large
+        for row in batch.to_pylist():
+            yield f"{p.path}: row {i}", row
+            i += 1
+
+
+def _hf_disk_rows(p: HfDiskParams) -> Located:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(p.full_path))
+    if isinstance(ds, DatasetDict):
+        if p.split is None or p.split not in ds:
+            raise SourceError(f"{p.path}: a DatasetDict; set split to one of {', '.join(ds)}")
+        ds = ds[p.split]
+    for i, row in enumerate(ds):  # memory-mapped Arrow: rows are read as they are iterated
+        yield f"{p.path}: row {i}", row
+
+
+# The file sources' row readers, by source name; the recipe check reads every row through these.
+ROW_READERS = {"jsonl": _jsonl_rows, "parquet": _parquet_rows, "hf-disk": _hf_disk_rows}
+LISTED_BAD_ROWS = 20  # enough to see the pattern; the rest are counted, not printed
+
+
+def check_rows(source: str, p: Params, bad_rows: str = "fail") -> list[str]:
+    """Problems with the rows of a file source, each located `file:line` (or `file: row i`): the
+    first LISTED_BAD_ROWS bad rows, then how many more. Reads every row once, streaming, so a
+    bad file is found by `distill validate` rather than midway through a run. With bad_rows
+    "skip" a bad row is no problem: the readers leave it out and `p.skipped_rows` counts it.
+    Sources that read no file (generators, plug-ins) have nothing to check."""
+    reader = ROW_READERS.get(source)
+    if reader is None or not isinstance(p, FileParams):
+        return []
+    p._bad_rows = bad_rows
+    problems: list[str] = []
+    bad = 0
+    try:
+        for where, _, problem in _within_limit(reader(p), p):
+            if problem is not None:
+                bad += 1
+                if bad <= LISTED_BAD_ROWS:
+                    problems.append(f"{where}: {problem}")
+    except SourceError as e:
+        return [str(e)]
+    except ImportError as e:
+        return [f"{p.path}: cannot read a {source} source: {e}; install the missing package"]
+    except Exception as e:  # a corrupt or truncated file: the reader's own words, not a traceback
+        return [f"{p.path}: cannot read as {source}: {type(e).__name__}: {e}"]
+    if bad_rows == "skip":
+        p._skipped_rows = bad
+        if bad:
+            log.warning("%s: %d bad row(s) left out (prompts.bad_rows: skip)", p.path, bad)
+        return []
+    if bad > LISTED_BAD_ROWS:
+        problems.append(f"{p.path}: and {bad - LISTED_BAD_ROWS} more bad rows")
+    return problems
 
 
 @PROMPT_SOURCES.register("jsonl", params=FileParams, example="""
@@ -110,17 +255,7 @@ prompts:
 """)
 def read_jsonl(p: FileParams) -> Iterable[dict]:
     """Questions from a local JSON Lines file, one object per line."""
-
-    def rows():
-        with p.full_path.open() as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p.path}:{n}: not valid JSON: {e}") from None
-
-    return _rows_to_prompts(rows(), p)
+    return _rows_to_prompts(_jsonl_rows(p), p)
 
 
 @PROMPT_SOURCES.register("parquet", params=FileParams, example="""
@@ -134,9 +269,7 @@ prompts:
 """)
 def read_parquet(p: FileParams) -> Iterable[dict]:
     """Questions from a local Parquet file."""
-    import pyarrow.parquet as pq
-
-    return _rows_to_prompts(pq.read_table(p.full_path).to_pylist(), p)
+    return _rows_to_prompts(_parquet_rows(p), p)
 
 
 @PROMPT_SOURCES.register("hf-disk", params=HfDiskParams, example="""
@@ -151,14 +284,7 @@ prompts:
 """)
 def read_hf_disk(p: HfDiskParams) -> Iterable[dict]:
     """Questions from a Hugging Face `datasets` dataset saved with save_to_disk."""
-    from datasets import DatasetDict, load_from_disk
-
-    ds = load_from_disk(str(p.full_path))
-    if isinstance(ds, DatasetDict):
-        if p.split is None or p.split not in ds:
-            raise ValueError(f"{p.path}: a DatasetDict; set split to one of {', '.join(ds)}")
-        ds = ds[p.split]
-    return _rows_to_prompts(iter(ds), p)
+    return _rows_to_prompts(_hf_disk_rows(p), p)
 
 
 class ArithmeticParams(Params):

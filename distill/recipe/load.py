@@ -5,6 +5,7 @@ allowed), so a user fixes a recipe in one pass instead of one error per run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from pydantic import ValidationError
@@ -17,9 +18,11 @@ from distill.teachers import Teacher, load_teacher
 
 
 def _check_components(
-    recipe_data: dict, registry: Registry, loc: tuple, key: str, base: type[Component], base_dir: Path
+    recipe_data: dict, registry: Registry, loc: tuple, key: str, base: type[Component], base_dir: Path,
+    check_data: Callable[[str, Params], list[str]] | None = None,
 ) -> tuple[list[Problem], list[Params]]:
-    """Second pass: each component's name must be registered and its parameters valid."""
+    """Second pass: each component's name must be registered and its parameters valid;
+    `check_data`, given the name and valid parameters, lists problems with the data they name."""
     problems: list[Problem] = []
     resolved: list[Params] = []
     items = recipe_data
@@ -37,15 +40,19 @@ def _check_components(
         entry = registry.get(name)
         own = {k: v for k, v in item.items() if k not in base.model_fields}
         try:
-            resolved.append(entry.params.model_validate(own, context={"base_dir": base_dir}))
+            params = entry.params.model_validate(own, context={"base_dir": base_dir})
         except ValidationError as e:
             problems.extend(problems_from(e, entry.params, loc + (i,), tuple(base.model_fields)))
+            continue
+        resolved.append(params)
+        if check_data is not None:
+            problems.extend(Problem(dotted(loc + (i,)), m) for m in check_data(name, params))
     return problems, resolved
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and check a recipe; raises RecipeError listing every problem found."""
-    from distill.prompts import PROMPT_SOURCES
+    from distill.prompts import PROMPT_SOURCES, check_rows
     from distill.filters import FILTERS
     from distill.verifiers import VERIFIERS
 
@@ -70,15 +77,20 @@ def load_recipe(path: str | Path) -> Recipe:
         problems.extend(problems_from(e, Recipe))
 
     base_dir = path.parent
+    # From the raw data: the recipe may be invalid elsewhere, and skip still applies to its rows.
+    prompts_data = data.get("prompts")
+    bad_rows = "skip" if isinstance(prompts_data, dict) and prompts_data.get("bad_rows") == "skip" else "fail"
+    # Every row of every prompt file is read here, so a bad row is a problem `distill validate`
+    # reports, not a traceback partway through `distill run`.
     checks = [
-        (PROMPT_SOURCES, ("prompts", "train"), "source", PromptSource),
-        (PROMPT_SOURCES, ("prompts", "eval"), "source", PromptSource),
-        (VERIFIERS, ("verifiers",), "name", Verifier),
-        (FILTERS, ("filters",), "name", Filter),
+        (PROMPT_SOURCES, ("prompts", "train"), "source", PromptSource, lambda n, p: check_rows(n, p, bad_rows)),
+        (PROMPT_SOURCES, ("prompts", "eval"), "source", PromptSource, lambda n, p: check_rows(n, p, bad_rows)),
+        (VERIFIERS, ("verifiers",), "name", Verifier, None),
+        (FILTERS, ("filters",), "name", Filter, None),
     ]
     resolved_lists = []
-    for registry, loc, key, base in checks:
-        found, params = _check_components(data, registry, loc, key, base, base_dir)
+    for registry, loc, key, base, check_data in checks:
+        found, params = _check_components(data, registry, loc, key, base, base_dir, check_data)
         problems.extend(found)
         resolved_lists.append(params)
 

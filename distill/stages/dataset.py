@@ -14,6 +14,8 @@ import hashlib
 import json
 from collections import Counter
 
+from distill.stages.prompts import skipped_rows
+
 NAME = "dataset"
 NEEDS_STUDENT = False
 
@@ -90,6 +92,8 @@ def build_dataset(run) -> dict:
         "teachers": _teachers(samples),
         "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
     }
+    if skipped := skipped_rows(run.recipe):  # bad prompt rows left out at load (prompts.bad_rows: skip)
+        manifest["bad_prompt_rows_skipped"] = skipped
     files.write_json(files.manifest, manifest)
     files.write_text(files.dataset_card, dataset_card(run, manifest))
     return manifest

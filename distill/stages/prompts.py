@@ -27,4 +27,12 @@ def build_prompts(run) -> dict[str, int]:
     train_rows = [r for r in train_all if r["prompt_id"] not in eval_ids]
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         run.files.write_prompts(split, rows)
-    return {"train": len(train_rows), "eval": len(eval_rows), "train_overlapping_eval": len(train_all) - len(train_rows)}
+    out = {"train": len(train_rows), "eval": len(eval_rows), "train_overlapping_eval": len(train_all) - len(train_rows)}
+    if skipped := skipped_rows(recipe):  # prompts.bad_rows: skip
+        out["bad_rows_skipped"] = skipped
+    return out
+
+
+def skipped_rows(recipe) -> int:
+    """Bad prompt rows left out under `prompts.bad_rows: skip`, over every source."""
+    return sum(getattr(c.params, "skipped_rows", 0) for c in recipe.prompts.train + recipe.prompts.eval)

@@ -74,10 +74,126 @@ def test_structured_answers_stay_json(tmp_path):
     assert rows[1]["reference"] == "7"
 
 
-def test_jsonl_bad_line_names_the_line(tmp_path):
-    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "ok?"}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"q\.jsonl:2: not valid JSON"):
-        train_prompts(tmp_path, "- {source: jsonl, path: q.jsonl, licence: mit}\n")
+def problems(tmp_path: Path, train: str, eval: str = "") -> list[tuple[str, str]]:
+    """The (key, message) of every problem loading the recipe reports."""
+    with pytest.raises(RecipeError) as info:
+        recipe_with(tmp_path, train, eval)
+    return [(p.key, p.message) for p in info.value.problems]
+
+
+def test_every_bad_jsonl_row_is_a_recipe_problem(tmp_path):
+    lines = [
+        json.dumps({"q": "What is 1 + 1?", "a": "2"}),
+        "{not json",
+        json.dumps("What is 2 + 2?"),
+        json.dumps({"prompt": "What is 3 + 3?", "a": "6"}),
+        "",  # blank lines are skipped, not bad
+        json.dumps({"q": 7, "a": "7"}),
+        json.dumps({"q": "  ", "a": "0"}),
+        json.dumps({"q": "What is 4 + 4?"}),
+        json.dumps({"q": None, "a": "x"}),
+    ]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    found = problems(tmp_path, "- {source: jsonl, path: q.jsonl, question_field: q, answer_field: a, licence: mit}\n")
+    assert {key for key, _ in found} == {"prompts.train[0]"}
+    messages = [m for _, m in found]
+    assert [m.split(": ")[0] for m in messages] == [f"q.jsonl:{n}" for n in (2, 3, 4, 6, 7, 8, 9)]
+    assert messages[0].startswith("q.jsonl:2: not valid JSON")
+    assert messages[1] == "q.jsonl:3: a str, not an object with a 'q' field"
+    assert messages[2].startswith("q.jsonl:4: no field 'q'; the row's fields: prompt, a (set question_field")
+    assert messages[3] == "q.jsonl:6: field 'q' is int, not a string"
+    assert messages[4] == "q.jsonl:7: field 'q' is empty"
+    assert messages[5].startswith("q.jsonl:8: no field 'a' (answer_field); the row's fields: q (")
+    assert messages[6] == "q.jsonl:9: field 'q' is null"
+
+
+def test_bad_rows_past_twenty_are_counted(tmp_path):
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"n": i}) + "\n" for i in range(25)))
+    found = problems(tmp_path, "- {source: jsonl, path: q.jsonl, licence: mit}\n")
+    assert [m.split(": ")[0] for _, m in found[:20]] == [f"q.jsonl:{n}" for n in range(1, 21)]
+    assert found[20:] == [("prompts.train[0]", "q.jsonl: and 5 more bad rows")]
+
+
+def test_bad_rows_in_every_source_are_reported_together(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"question": "ok?"}, {"text": "no question"}])
+    pq.write_table(pa.Table.from_pylist([{"question": "ok?"}, {"question": None}]), tmp_path / "eval.parquet")
+    found = problems(tmp_path, "- {source: jsonl, path: train.jsonl, licence: mit}\n",
+                     eval="- {source: arithmetic, count: 3}\n- {source: parquet, path: eval.parquet, licence: mit}\n")
+    assert [(key, m.split(": ")[0]) for key, m in found] == [
+        ("prompts.train[0]", "train.jsonl:2"), ("prompts.eval[1]", "eval.parquet")]
+    assert found[1][1] == "eval.parquet: row 1: field 'question' is null"
+
+
+def test_rows_past_the_limit_are_not_checked(tmp_path):
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "What is 1 + 1?"}) + "\n{not json\n")
+    rows = train_prompts(tmp_path, "- {source: jsonl, path: q.jsonl, licence: mit, limit: 1}\n")
+    assert [r["question"] for r in rows] == ["What is 1 + 1?"]
+
+
+def test_a_good_file_loads(tmp_path):
+    write_jsonl(tmp_path / "q.jsonl", ROWS)
+    (tmp_path / "q.jsonl").write_text((tmp_path / "q.jsonl").read_text() + "\n\n")  # trailing blank lines
+    rows = train_prompts(tmp_path, "- {source: jsonl, path: q.jsonl, question_field: problem, answer_field: solution, licence: mit}\n")
+    assert [(r["question"], r["reference"]) for r in rows] == [(r["problem"], r["solution"]) for r in ROWS]
+
+
+def test_unreadable_file_is_a_problem(tmp_path):
+    (tmp_path / "q.parquet").write_bytes(b"not a parquet file")
+    [(key, message)] = problems(tmp_path, "- {source: parquet, path: q.parquet, licence: mit}\n")
+    assert key == "prompts.train[0]"
+    assert message.startswith("q.parquet: cannot read as parquet: ")
+
+
+def test_a_row_broken_after_loading_still_fails_the_read(tmp_path):
+    write_jsonl(tmp_path / "q.jsonl", [{"question": "ok?"}])
+    recipe = recipe_with(tmp_path, "- {source: jsonl, path: q.jsonl, licence: mit}\n")
+    (tmp_path / "q.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"q\.jsonl:1: not valid JSON"):
+        load_prompts(recipe.prompts.train, "train")
+
+
+def test_bad_rows_skip_leaves_them_out_and_counts_them(tmp_path, caplog):
+    lines = [json.dumps({"question": "What is 1 + 1?"}), "{not json", json.dumps({"text": "hi"}),
+             json.dumps({"question": "What is 2 + 2?"}), json.dumps({"question": "What is 3 + 3?"})]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: prompts-test\nteacher: smollm2-135m-instruct\nprompts:\n  bad_rows: skip\n"
+                    "  train:\n    - {source: jsonl, path: q.jsonl, licence: mit, limit: 2}\n")
+    with caplog.at_level("WARNING", logger="distill.prompts"):
+        recipe = load_recipe(path)
+    assert "q.jsonl: 2 bad row(s) left out" in caplog.text
+    assert recipe.prompts.train[0].params.skipped_rows == 2
+    # The limit counts prompts, not the rows left out on the way.
+    rows = load_prompts(recipe.prompts.train, "train")
+    assert [r["question"] for r in rows] == ["What is 1 + 1?", "What is 2 + 2?"]
+    assert recipe.resolved()["prompts"]["bad_rows"] == "skip"  # part of the run id: it changes the prompts
+    summary = build_prompts(SimpleNamespace(recipe=recipe, files=RunDir(tmp_path / "run")))
+    assert summary["train"] == 2 and summary["bad_rows_skipped"] == 2  # the stage says what it left out
+
+
+def test_bad_rows_skip_still_reports_an_unreadable_file(tmp_path):
+    (tmp_path / "q.parquet").write_bytes(b"not a parquet file")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: prompts-test\nteacher: smollm2-135m-instruct\nprompts:\n  bad_rows: skip\n"
+                    "  train:\n    - {source: parquet, path: q.parquet, licence: mit}\n")
+    with pytest.raises(RecipeError, match="cannot read as parquet"):
+        load_recipe(path)
+
+
+def test_validate_lists_bad_rows_and_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    (tmp_path / "q.jsonl").write_text("{not json\n\"a string\"\n" + json.dumps({"text": "hi"}) + "\n")
+    (tmp_path / "recipe.yaml").write_text("name: prompts-test\nteacher: smollm2-135m-instruct\n"
+                                          "prompts:\n  train:\n    - {source: jsonl, path: q.jsonl, licence: mit}\n")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "recipe.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for n in (1, 2, 3):
+        assert f"prompts.train[0]: q.jsonl:{n}: " in result.output
+    assert "3 problem(s)" in result.output
 
 
 def test_parquet(tmp_path):
@@ -129,10 +245,10 @@ def test_hf_disk_dataset_dict_split(tmp_path):
     assert [r["question"] for r in rows] == [ROWS[1]["problem"], ROWS[2]["problem"]]
 
     for split in ("", "split: validation\n"):
-        recipe = recipe_with(tmp_path, f"- source: hf-disk\n  path: dd\n  question_field: problem\n  licence: mit\n  {split}")
-        with pytest.raises(ValueError, match="set split to one of") as info:
-            load_prompts(recipe.prompts.train, "train")
-        assert "train" in str(info.value) and "test" in str(info.value)
+        [(key, message)] = problems(
+            tmp_path, f"- source: hf-disk\n  path: dd\n  question_field: problem\n  licence: mit\n  {split}")
+        assert key == "prompts.train[0]"
+        assert message == "dd: a DatasetDict; set split to one of train, test"
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf-disk"])
@@ -146,24 +262,17 @@ def test_row_without_question_field_names_it(tmp_path, fmt):
         datasets = pytest.importorskip("datasets")
         # A dataset has one schema: the field is absent from every row.
         datasets.Dataset.from_list([{"prompt": "What is 2 + 2?"}]).save_to_disk(str(tmp_path / "data"))
-    recipe = recipe_with(tmp_path, f"- {{source: {fmt}, path: data, question_field: problem, licence: mit}}\n")
-    with pytest.raises(ValueError, match=r"has no field 'problem'.*prompt"):
-        load_prompts(recipe.prompts.train, "train")
+    [(key, message)] = problems(tmp_path, f"- {{source: {fmt}, path: data, question_field: problem, licence: mit}}\n")
+    where = "data:2" if fmt == "jsonl" else "data: row 0"
+    assert key == "prompts.train[0]"
+    assert message.startswith(f"{where}: no field 'problem'; the row's fields: prompt ")
 
 
 def test_null_question_is_an_error(tmp_path):
     # Columnar files fill an absent value with null; it must not become the question "None".
     pq.write_table(pa.Table.from_pylist([{"question": "What is 1 + 1?"}, {"question": None}]), tmp_path / "q.parquet")
-    recipe = recipe_with(tmp_path, "- {source: parquet, path: q.parquet, licence: mit}\n")
-    with pytest.raises(ValueError, match=r"q\.parquet: row 1: field 'question' is null"):
-        load_prompts(recipe.prompts.train, "train")
-
-
-def test_jsonl_line_not_an_object_is_an_error(tmp_path):
-    (tmp_path / "q.jsonl").write_text('"What is 1 + 1?"\n')
-    recipe = recipe_with(tmp_path, "- {source: jsonl, path: q.jsonl, licence: mit}\n")
-    with pytest.raises(ValueError, match=r"q\.jsonl: row 0 is str, not an object with a 'question' field"):
-        load_prompts(recipe.prompts.train, "train")
+    assert problems(tmp_path, "- {source: parquet, path: q.parquet, licence: mit}\n") == [
+        ("prompts.train[0]", "q.parquet: row 1: field 'question' is null")]
 
 
 def test_file_source_without_licence_is_an_error(tmp_path):
