@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -193,6 +194,8 @@ def card(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>/<
     except FileNotFoundError as e:
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except UNREADABLE as e:
+        _unreadable_run(run_dir, e)
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
@@ -205,7 +208,25 @@ def report(run_dir: str = typer.Argument(..., help="a run directory: runs/<name>
     if not RunDir(run_dir).resolved_recipe.is_file():
         err.print(f"{run_dir}: not a distill run directory (no recipe.resolved.yaml)", markup=False, highlight=False)
         raise typer.Exit(2)
-    console.print(f"wrote {build_report(run_dir)}", highlight=False, soft_wrap=True)
+    try:
+        path = build_report(run_dir)
+    except UNREADABLE as e:
+        _unreadable_run(run_dir, e)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+# What a damaged run directory raises when its files are read: bad YAML or JSON, a truncated
+# Parquet file, a file with the keys of another version.
+UNREADABLE = (ValueError, KeyError, TypeError, OSError, yaml.YAMLError)
+
+
+def _unreadable_run(run_dir: str, e: Exception):
+    kind = "not valid YAML" if isinstance(e, yaml.YAMLError) else type(e).__name__
+    reason = " ".join(str(e).split())[:200]
+    err.print(f"{run_dir}: a file of the run directory cannot be read ({kind}: {reason}). Was it made by distill, "
+              "and is it complete? Running its recipe again rewrites what is damaged", markup=False,
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
 
 
 @app.command()

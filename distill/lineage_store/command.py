@@ -6,7 +6,7 @@ import json
 import re
 
 from distill.lineage_store.queries import ancestry, descendants
-from distill.lineage_store.tables import open_store
+from distill.lineage_store.tables import default_url, open_store
 
 
 def render_table(rows: list[dict], title: str | None = None):
@@ -45,8 +45,20 @@ def lineage_command(teacher: str | None = None, dataset: str | None = None, lice
                   + (f" (got {', '.join('--' + k for k in asked)})" if asked else ""), style="bold red", highlight=False)
         raise typer.Exit(2)
     (kind, key), = asked.items()
-    store = open_store(store_url, runs_dir)
-    rows = ancestry(store, key) if kind == "model" else descendants(store, kind, key)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = open_store(store_url, runs_dir)
+        rows = ancestry(store, key) if kind == "model" else descendants(store, kind, key)
+    except SQLAlchemyError as e:  # not a database, a store of another shape, a server that is down
+        from sqlalchemy.engine import make_url
+
+        where = make_url(store_url or default_url(runs_dir)).render_as_string(hide_password=True)
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+        err.print(f"the lineage store ({where}) cannot be read: {reason}. Point --store or DISTILL_LINEAGE_URL at "
+                  "a lineage store, or move this one aside: the next `distill run` makes a new one, and "
+                  "registers a finished run again when run once more", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     if json_out:
         typer.echo(to_json(rows))
     elif rows:
