@@ -6,16 +6,16 @@
   Any text then parses, letters as symbols: "abc" is the product a*b*c, not an error.
 - The completion is free text, parsed with math_verify's defaults (LaTeX and plain expressions;
   the final-answer phrasing or a \\boxed{} decides which candidate is taken).
-- Timeouts: math_verify times out with signal.alarm, which only works in the main thread and
-  raises elsewhere. Off the main thread (threaded Ray actors, thread pools) we pass None, which
-  disables its timeout entirely: a pathological expression can then run long.
+- Time limits: each completion is judged in a worker process (distill/verifiers/hard_limit.py),
+  on its main thread, where math_verify's own `timeout_seconds` works (it uses signal.alarm);
+  the worker is killed when parsing and verifying take longer than their three timeouts together
+  (plus a second), which also stops a computation no signal interrupts. The verdict is then None,
+  with the reason, and the run goes on, whichever thread called.
 - None when there is no reference, when either side gives no sympy expression, or when
   math_verify fails.
 """
 
 from __future__ import annotations
-
-import threading
 
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
@@ -23,7 +23,7 @@ from pydantic import Field
 from sympy import Basic, MatrixBase
 
 from distill.registry import Params
-from distill.verifiers import VERIFIERS, Verdict, VerifyContext
+from distill.verifiers import VERIFIERS, Verdict, VerifyContext, hard_limit
 
 _DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
 
@@ -31,10 +31,6 @@ _DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
 class MathParams(Params):
     # 5 s: math_verify's own default; simplifying a real answer takes well under a second.
     timeout_seconds: int = Field(5, ge=1)
-
-
-def _timeout(params: MathParams) -> int | None:
-    return params.timeout_seconds if threading.current_thread() is threading.main_thread() else None
 
 
 def _parse(text: str, timeout: int | None) -> tuple[list, str | None]:
@@ -75,11 +71,22 @@ def verify_math(
     completions: list[str], references: list[str | None], params: MathParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """The completion's final answer is mathematically equivalent to the reference (math_verify)."""
-    timeout = _timeout(params)
+    limit = 3 * params.timeout_seconds + 1  # two parses and a verify, each bounded by math_verify
     verdicts = []
     for completion, reference in zip(completions, references, strict=True):
-        try:
-            verdicts.append(_verdict(completion, reference, timeout))
-        except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
-            verdicts.append(Verdict(None, f"math_verify error: {type(e).__name__}: {e}"))
+        out = hard_limit.call(judge, (completion, reference, params.timeout_seconds), limit)
+        if out.timed_out:
+            verdicts.append(Verdict(None, f"math_verify took over {limit} s: stopped"))
+        elif out.error is not None:
+            verdicts.append(Verdict(None, f"math_verify error: {out.error}"))
+        else:
+            verdicts.append(out.value)
     return verdicts
+
+
+def judge(completion: object, reference: object, timeout: int) -> Verdict:
+    """One completion's verdict; runs in the worker process. Never raises."""
+    try:
+        return _verdict(completion, reference, timeout)
+    except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
+        return Verdict(None, f"math_verify error: {type(e).__name__}: {e}")

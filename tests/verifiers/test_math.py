@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -66,7 +67,7 @@ def test_math_reasons():
 
 
 def test_math_off_main_thread():
-    # math_verify's signal-based timeout raises off the main thread; we disable it there.
+    # math_verify's signal-based timeout works on a main thread only: the worker process has one.
     results = []
     batch = ([r"\boxed{0.5}", r"\boxed{1}"], [r"\frac12", "2"], MathParams(), VerifyContext.blank(2))
     worker = threading.Thread(target=lambda: results.extend(verify_math(*batch)))
@@ -81,9 +82,28 @@ def test_math_never_raises(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(module, "verify", boom)
-    [verdict] = verify_math([r"\boxed{1}"], ["1"], MathParams(), VerifyContext.blank(1))
+    monkeypatch.setattr(module, "verify", boom)  # the worker's side, called here in-process
+    verdict = module.judge(r"\boxed{1}", "1", 5)
     assert verdict.score is None and "kaput" in verdict.reason
+
+
+def test_a_pathological_answer_is_bounded_in_any_thread():
+    """A tower of exponents against a number kept math_verify (and, holding the GIL, the whole
+    process) busy for minutes off the main thread, where its timeout was off. In the worker its
+    timeout holds (math_verify then says not equivalent), and the next answer is judged; what no
+    signal interrupts, the worker's kill stops (tests/verifiers/test_hard_limit.py)."""
+    results = []
+    batch = ([r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{2}"], ["5", "2"],
+             MathParams(timeout_seconds=1), VerifyContext.blank(2))
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: results.extend(verify_math(*batch)))
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    first, second = results
+    assert first.score != 1.0
+    assert second.score == 1.0
+    assert time.monotonic() - started < 90
 
 
 def test_math_registered_with_params():
