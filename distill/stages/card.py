@@ -159,8 +159,11 @@ def _body(info: dict, lin: dict) -> str:
         te, st = ev["teacher"], ev["student"]
 
         def row(label, key, fmt):
-            a, b = te[key], st[key]
-            return f"| {label} | {fmt(a)} | {fmt(b)} |"
+            def cell(m):
+                ci = m.get(f"{key}_ci95")
+                return fmt(m[key]) + (f" ({ci[0]:.1%}-{ci[1]:.1%})" if ci else "")
+
+            return f"| {label} | {cell(te)} | {cell(st)} |"
 
         pct = lambda x: f"{x:.1%}"  # noqa: E731
         cost = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
@@ -175,6 +178,7 @@ def _body(info: dict, lin: dict) -> str:
             row("mean output tokens", "mean_output_tokens", lambda x: f"{x:.1f}"),
             row("cost per correct answer", "cost_per_correct", cost),
             "",
+            "In brackets: 95% intervals, by bootstrap over the held-out prompts.",
             f"Cost unit: {st['price_unit']}.",
         ])
     else:

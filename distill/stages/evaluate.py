@@ -128,6 +128,7 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
     by_prompt: dict[str, list[bool]] = {}
     for r in sampled:
         by_prompt.setdefault(r["prompt_id"], []).append(bool(r["correct"]))
+    greedy_by_prompt = {r["prompt_id"]: float(bool(r["correct"])) for r in greedy}
     correct = sum(r["correct"] for r in sampled)
     tokens = sum(r["completion_tokens"] for r in sampled)
     priced = model.id in price_per_mtok
@@ -149,7 +150,30 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
         # serving cost grows about linearly with size.
         "price_unit": "as set in eval.price_per_mtok" if priced else "proxy: parameters (B) per 1M output tokens",
         "cost_per_correct": (tokens * price / 1e6) / correct if correct else None,
+        # How far each score could move with other prompts of the same kind: 95% bootstrap
+        # intervals over the held-out prompts.
+        "pass@1_ci95": bootstrap_ci([sum(c) / len(c) for c in by_prompt.values()]),
+        "pass@k_ci95": bootstrap_ci([float(any(c)) for c in by_prompt.values()]),
+        "greedy_accuracy_ci95": bootstrap_ci(list(greedy_by_prompt.values())),
     }
+
+
+BOOTSTRAP_SAMPLES = 2000  # enough for stable 2.5/97.5 percentiles; seconds are not at stake
+
+
+def bootstrap_ci(per_prompt: list[float], level: float = 0.95, seed: int = 0) -> list[float] | None:
+    """The percentile bootstrap interval of the mean of per-prompt scores, resampling prompts
+    (seeded: the same answers give the same interval); None without prompts."""
+    import numpy as np
+
+    if not per_prompt:
+        return None
+    values = np.asarray(per_prompt, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return [float(low), float(high)]
 
 
 def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
