@@ -221,6 +221,8 @@ def build_report(run_dir: Path) -> Path:
     if manifest:
         facts.append(f"dataset: {manifest['rows']} rows, dropped: "
                      + (", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()) or "none"))
+        if manifest.get("bad_prompt_rows_skipped"):  # prompts.bad_rows: skip
+            facts.append(f"prompt files: {manifest['bad_prompt_rows_skipped']} bad rows skipped")
     if train:
         facts.append(f"training: {train['steps']} steps, final loss {train['train_loss']:.4f}, "
                      f"{train['tokens_per_second']:.0f} tokens/s")

@@ -56,3 +56,19 @@ def test_dataset_card_parses_and_names_the_lineage(run):
     assert "distillation" in card.data.tags and "synthetic-data" in card.data.tags
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card.text and "cc-by-4.0" in card.text
     assert the_run.recipe_hash in card.text
+
+
+def test_skipped_bad_prompt_rows_are_counted_in_the_manifest_and_the_report(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path)
+    with (tmp_path / "q.jsonl").open("a") as f:
+        f.write("{not json\n" + json.dumps({"text": "no question"}) + "\n")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["prompts"]["bad_rows"] = "skip"
+    path.write_text(yaml.safe_dump(recipe))
+    the_run, summaries = run_pipeline(load_recipe(path), backend=FakeBackend())
+    assert summaries["prompts"]["bad_rows_skipped"] == 2
+    assert json.loads(the_run.files.manifest.read_text())["bad_prompt_rows_skipped"] == 2
+    assert "prompt files: 2 bad rows skipped" in the_run.files.report.read_text()
