@@ -28,13 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
-from pydantic import BaseModel, ConfigDict
+from distill.schema import Strict
 
 
-class Params(BaseModel):
+class Params(Strict):
     """Base for a component's recipe parameters: unknown keys are errors, never ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
