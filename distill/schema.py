@@ -49,6 +49,11 @@ PROMPT_SCHEMA = pa.schema([
     ("reference", pa.string()),
     ("source", pa.string()),
     ("source_licence", pa.string()),
+    # Conversation prompts (null for a question): the OpenAI-format turns ending in the one to
+    # answer, the tool definitions sent with them (both JSON), and the source's category.
+    ("messages", pa.string()),
+    ("tools", pa.string()),
+    ("category", pa.string()),
 ])
 
 VERDICT = pa.struct([
@@ -70,6 +75,8 @@ SAMPLE_SCHEMA = pa.schema([
     ("prompt_licence", pa.string()),
     ("reference", pa.string()),
     ("messages", pa.string()),  # JSON: exactly the chat turns sent to the teacher
+    ("tools", pa.string()),  # JSON: the tool definitions sent with them; null: none
+    ("chat_template", pa.string()),  # the template that rendered them (name@sha256 prefix); null: the model's own
     ("teacher_id", pa.string()),
     ("teacher_model", pa.string()),
     ("teacher_revision", pa.string()),
@@ -85,6 +92,9 @@ SAMPLE_SCHEMA = pa.schema([
     ("top_p", pa.float64()),
     ("max_tokens", pa.int32()),
     ("completion", pa.string()),
+    # JSON: the tool calls in the completion, [{"name", "arguments"}] (the server's, or parsed from
+    # the text); null: none, or the text does not parse as calls.
+    ("tool_calls", pa.string()),
     ("finish_reason", pa.string()),  # stop | length | error
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
@@ -108,10 +118,23 @@ DECISIONS_SCHEMA = pa.schema([
     ("decisions", pa.list_(DECISION)),
 ])
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# A chat turn as TRL's conversational format and chat templates take it (OpenAI's shape; the
+# arguments of a call are a JSON object text).
+TOOL_CALL = pa.struct([
+    ("id", pa.string()),
+    ("type", pa.string()),
+    ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+])
+MESSAGE = pa.struct([
+    ("role", pa.string()),
+    ("content", pa.string()),
+    ("tool_calls", pa.list_(TOOL_CALL)),  # null on turns without calls
+    ("tool_call_id", pa.string()),  # a tool turn: the call it answers
+])
 DATASET_SCHEMA = pa.schema([
     ("prompt", pa.list_(MESSAGE)),
     ("completion", pa.list_(MESSAGE)),
+    ("tools", pa.string()),  # JSON: the tool definitions the prompt offers; null: none
     ("sample_id", pa.string()),
     ("prompt_id", pa.string()),
     ("prompt_source", pa.string()),

@@ -18,7 +18,7 @@ LAYERS = [
      "distill.lineage"],
     # Catalogues and pure functions; the backends' registry is one, and recipes name backends.
     ["distill.teachers", "distill.models", "distill.licensing", "distill.prompts", "distill.verifiers",
-     "distill.filters", "distill.sandbox", "distill.backends", "distill.ray_runtime"],
+     "distill.filters", "distill.sandbox", "distill.backends", "distill.ray_runtime", "distill.chat_templates"],
     ["distill.recipe"],
     ["distill.run", "distill.training", "distill.tracking"],
     ["distill.stages", "distill.lineage_store"],

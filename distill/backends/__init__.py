@@ -29,14 +29,16 @@ class Backend(Protocol):
     `generate(requests)` gets request rows, each a dict with `work_id` (str), `messages`
     (chat messages, OpenAI format) and `sampling_params` (a dict for one completion:
     seed, temperature, top_p, top_k, min_p, max_tokens, stop, the repetition, presence and
-    frequency penalties, and the recipe's sampling.extra), and yields lists of result rows as they finish, in any order: each a
-    dict with `work_id`, `text` (None on error), `prompt_tokens`, `completion_tokens`,
-    `finish_reason` ("stop", "length", or "error") and `error` ("" when none). Every request
+    frequency penalties, and the recipe's sampling.extra), and for a prompt with tools `tools` (OpenAI
+    function definitions, for the chat template), and yields lists of result rows as they finish, in any
+    order: each a dict with `work_id`, `text` (None on error), `prompt_tokens`, `completion_tokens`,
+    `finish_reason` ("stop", "length", or "error") and `error` ("" when none), and optionally
+    `tool_calls` ([{"name", "arguments"}], when the server parsed the calls itself). Every request
     gets exactly one result; a request that fails becomes an error row, never an exception
     (an exception means the backend itself died, and the stage retries the missing work).
 
     `describe()` is recorded with every sample: {"backend": name, "version": ...,
-    "engine_args": {...}}. `name` is the backend's name in the samples' lineage.
+    "engine_args": {...}, optionally "chat_template": the template's label when not the model's own}. `name` is the backend's name in the samples' lineage.
     """
 
     name: str

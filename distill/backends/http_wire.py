@@ -4,6 +4,7 @@ its Retry-After, for the HTTP backend."""
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,9 +40,29 @@ def parse_completion(data: dict) -> dict:
     if reasoning:
         text = f"<think>\n{reasoning}\n</think>\n\n{text}"
     usage = data.get("usage") or {}
-    return {"text": text, "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-            "finish_reason": choice.get("finish_reason") or "unknown", "error": ""}
+    row = {"text": text, "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+           "completion_tokens": int(usage.get("completion_tokens") or 0),
+           "finish_reason": choice.get("finish_reason") or "unknown", "error": ""}
+    if message.get("tool_calls"):
+        calls = [_call(c) for c in message["tool_calls"]]
+        row["tool_calls"] = calls
+        blocks = "\n".join(f"<tool_call>\n{json.dumps(c, ensure_ascii=False)}\n</tool_call>" for c in calls)
+        row["text"] = f"{text}\n{blocks}" if text.strip() else blocks
+        if row["finish_reason"] == "tool_calls":  # OpenAI's word for a turn that ended in calls
+            row["finish_reason"] = "stop"
+    return row
+
+
+def _call(call: dict) -> dict:
+    """{"name", "arguments"} of a response's tool call; arguments that are not a JSON object stay text."""
+    fn = call.get("function") or {}
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            pass
+    return {"name": fn.get("name"), "arguments": args if args is not None else {}}
 
 
 def error_text(response: httpx.Response) -> str:

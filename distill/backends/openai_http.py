@@ -27,6 +27,10 @@ is on, which vLLM and SGLang accept; when it is off they are dropped with a warn
 Text, finish reason and token counts come from the response. A reasoning model served
 with a reasoning parser returns its trace apart from the answer; it is joined back as
 `<think>\\n{trace}\\n</think>\\n\\n{answer}`, the text the local engine would have produced.
+A request with tools sends them as `tools`; the tool calls the server parsed (`message.tool_calls`,
+e.g. `vllm serve --enable-auto-tool-choice --tool-call-parser hermes`) are kept as the result's
+`tool_calls` and written into the text as `<tool_call>` blocks after the content, the form the
+shipped hermes template trains the student on.
 
 Retried, with exponential backoff and jitter (or after the server's Retry-After): HTTP 429,
 408 and 5xx, connection errors and timeouts (`timeout_seconds` per attempt). A 429 with
@@ -125,6 +129,8 @@ class OpenAIHTTPBackend:
         """The JSON body for one request row."""
         params = request["sampling_params"]
         body: dict[str, Any] = {"model": self.model, "messages": request["messages"], "n": 1}
+        if request.get("tools"):
+            body["tools"] = request["tools"]
         body.update({k: params[k] for k in OPENAI_FIELDS if params.get(k) is not None})
         if self.endpoint.send_extra_params:
             body.update({k: v for k, v in params.items() if k not in OPENAI_FIELDS and v is not None})

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Iterator
 
+from distill import chat_templates
 from distill.backends import BACKENDS, BackendOptions
 from distill.hardware import cpu_has_bf16, has_cuda
 from distill.teachers import Teacher, model_path
@@ -132,6 +133,12 @@ def tag_replicas(processor) -> bool:
     return True
 
 
+class ToolsNotSupported(ValueError):
+    """Prompts with tools for a chat template that would drop them."""
+
+    retryable = False
+
+
 class ReplicasDidNotStart(RuntimeError):
     """cluster.wait_for_replicas_s passed before every engine replica was up."""
 
@@ -162,6 +169,9 @@ class VLLMRayBackend:
         self.batch_size = batch_size
         self.quiet = quiet
         self.eos_ids = _eos_ids(self.model)
+        # A template shipped with distill (or a file) in place of the model's own; None: its own.
+        self.template = chat_templates.resolve(teacher.template) if teacher.template else None
+        self._tokenizer = None
 
     def _placement(self, gpu: bool) -> dict | None:
         """On CPU one bundle per replica: its CPUs and custom resources. On GPU, Ray Data LLM's own
@@ -176,7 +186,38 @@ class VLLMRayBackend:
         return {"bundles": [{"CPU": self.cpus_per_replica, **self.resources_per_replica}]}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs}
+        return {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs,
+                "chat_template": self.template.label if self.template else None}
+
+    def _needs_rendering(self, requests: list[dict]) -> bool:
+        """Ray Data LLM's chat template stage takes neither per-row tools nor a conversation that
+        ends in tool results; such requests (and every one with a chosen template) are rendered here."""
+        return self.template is not None or any(r.get("tools") or r["messages"][-1]["role"] != "user"
+                                                for r in requests)
+
+    def render(self, requests: list[dict]) -> list[dict]:
+        """Requests as prompt texts: each conversation through the chat template with its tools,
+        as transformers renders it, so the engine gets exactly what the student will be trained on."""
+        from transformers import AutoTokenizer
+
+        from distill.prompts.conversation import template_messages
+
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        text = self.template.text if self.template else None
+        if any(r.get("tools") for r in requests) and not chat_templates.supports_tools(
+                text or self._tokenizer.chat_template):
+            raise ToolsNotSupported(
+                f"the chat template of {self.teacher.id} does not render tool definitions, and prompts of this run "
+                f"have tools; choose a template that does, e.g. `template: hermes` under the recipe's teacher "
+                f"(shipped: {', '.join(chat_templates.NAMES)}), or a Jinja file")
+        out = []
+        for r in requests:
+            prompt = self._tokenizer.apply_chat_template(
+                template_messages(r["messages"]), tools=r.get("tools") or None, chat_template=text, tokenize=False,
+                add_generation_prompt=True)
+            out.append({"work_id": r["work_id"], "prompt": prompt, "sampling_params": r["sampling_params"]})
+        return out
 
     def generate(self, requests: list[dict]) -> Iterator[list[dict]]:
         """requests: rows with work_id, messages, sampling_params. Yields result rows:
@@ -191,6 +232,9 @@ class VLLMRayBackend:
         # (and raises on timeout); -1, its default, starts work on the first actor ready.
         ctx.wait_for_min_actors_s = math.ceil(self.wait_for_replicas_s) if self.wait_for_replicas_s else -1
         gpu = has_cuda()
+        rendered = self._needs_rendering(requests)
+        if rendered:
+            requests = self.render(requests)
         config = vLLMEngineProcessorConfig(
             model_source=self.model_source or self.model,
             engine_kwargs=self.kwargs,
@@ -208,7 +252,7 @@ class VLLMRayBackend:
             detokenize_stage=False,  # vLLM already returns text
             # The chat template runs on a fraction of a CPU so that, on a small machine, the
             # engine actor and the light stages fit together instead of waiting on each other.
-            chat_template_stage={"num_cpus": LIGHT_STAGE_CPUS},
+            chat_template_stage=False if rendered else {"num_cpus": LIGHT_STAGE_CPUS},
             runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
                                       **cpu_engine_env()}},
         )

@@ -182,6 +182,15 @@ def _print_eval(e: dict) -> None:
         t.add_row(f"{role}: {m['model']}", f"{m['pass@1']:.1%}", f"{m['pass@k']:.1%}", f"{m['greedy_accuracy']:.1%}",
                   f"{m['mean_output_tokens']:.1f}", cost)
     console.print(t)
+    if e.get("groups"):
+        g = Table(title="by held-out set (pass@1; greedy)")
+        for col in ("set", "prompts", "teacher", "student", "change"):
+            g.add_column(col, justify="right")
+        for name, x in e["groups"].items():
+            te, st = x["teacher"], x["student"]
+            g.add_row(name, str(x["prompts"]), f"{te['pass@1']:.1%}; {te['greedy_accuracy']:.1%}",
+                      f"{st['pass@1']:.1%}; {st['greedy_accuracy']:.1%}", f"{st['pass@1'] - te['pass@1']:+.1%}")
+        console.print(g)
 
 
 @app.command()

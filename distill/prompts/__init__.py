@@ -1,7 +1,12 @@
 """Prompt sources: local files, datasets saved to disk, and registered generators.
 
-Every prompt gets a stable content id (a hash of its question text), so the same
-question has the same id in every run, whatever file or order it came from.
+A prompt is a question (with its reference answer), or a conversation: OpenAI-format turns
+ending in the one to answer, with the tool definitions offered (distill/prompts/conversation.py).
+A source yields dicts with "question" and "reference", and for a conversation "messages",
+"tools" and optionally "category".
+
+Every prompt gets a stable content id (a hash of its question text, or of the whole conversation
+and its tools), so the same prompt has the same id in every run, whatever file or order it came from.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Iterable, Iterator, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
+from distill.prompts import conversation
 from distill.registry import Params, Registry
 
 # Plug-ins register under the entry-point group `distill.prompt_sources`, or a recipe names
@@ -51,6 +57,11 @@ class FileParams(Params):
     path: str
     question_field: str = "question"
     answer_field: str | None = None  # None: no reference answer; verifiers that need one say None
+    # Conversation rows: the field holding the OpenAI-format turns (the question is then the last
+    # user turn's text), the one holding the tool definitions, and a category to report scores by.
+    messages_field: str | None = None
+    tools_field: str | None = None
+    category_field: str | None = None
     # Required: every sample carries the licence of the prompt it came from.
     licence: str = Field(min_length=1)
     limit: int | None = Field(None, ge=1)
@@ -121,6 +132,8 @@ def row_problem(row: Any, p: FileParams) -> str | None:
     names = list(map(str, row))
     fields = ", ".join(names[:SHOWN_FIELDS]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN_FIELDS else "")
     fields = fields or "none"
+    if p.messages_field:
+        return _conversation_row_problem(row, p, fields)
     if p.question_field not in row:
         return (f"no field {p.question_field!r}; the row's fields: {fields} "
                 "(set question_field to the one that holds the question)")
@@ -135,6 +148,42 @@ def row_problem(row: Any, p: FileParams) -> str | None:
         return (f"no field {p.answer_field!r} (answer_field); the row's fields: {fields} "
                 "(set answer_field to the one that holds the answer, or remove it)")
     return None
+
+
+def _plain(value: Any) -> Any:
+    """Parquet and `datasets` give numpy arrays and scalars; JSON text is read as JSON."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _json_field(row: dict, name: str) -> Any:
+    value = _plain(row[name])
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"field {name!r} is text that is not JSON ({e.msg} at column {e.colno})") from None
+    return value
+
+
+def _conversation_row_problem(row: dict, p: FileParams, fields: str) -> str | None:
+    for name, what in ((p.messages_field, "messages_field"), (p.tools_field, "tools_field"),
+                       (p.answer_field, "answer_field")):
+        if name and name not in row:
+            return (f"no field {name!r} ({what}); the row's fields: {fields} "
+                    f"(set {what} to the one that holds it)")
+    try:
+        messages = _json_field(row, p.messages_field)
+        tools = _json_field(row, p.tools_field) if p.tools_field else None
+    except ValueError as e:
+        return str(e)
+    found = conversation.problems(messages, tools)
+    return "; ".join(found) if found else None
 
 
 def _within_limit(located: Located, p: FileParams) -> Iterator[tuple[str, Any, str | None]]:
@@ -161,8 +210,15 @@ def _rows_to_prompts(located: Located, p: FileParams) -> Iterator[dict]:
         if ref is not None and not isinstance(ref, str):
             # Structured references (a tool-call spec, a list of tests) stay parseable as JSON;
             # numpy scalars and arrays from Parquet become their plain Python values first.
-            ref = json.dumps(ref.tolist() if hasattr(ref, "tolist") else ref, default=str)
-        yield {"question": row[p.question_field], "reference": ref}
+            ref = json.dumps(_plain(ref), default=str)
+        if not p.messages_field:
+            yield {"question": row[p.question_field], "reference": ref}
+            continue
+        messages = _json_field(row, p.messages_field)
+        category = row.get(p.category_field) if p.category_field else None
+        yield {"question": conversation.question_of(messages), "reference": ref, "messages": messages,
+               "tools": _json_field(row, p.tools_field) if p.tools_field else None,
+               "category": None if category is None else str(category)}
 
 
 def _jsonl_rows(p: FileParams) -> Located:
@@ -332,21 +388,55 @@ def generate_arithmetic(p: ArithmeticParams) -> Iterable[dict]:
             yield {"question": question, "reference": str(answer)}
 
 
+def prompt_row(row: dict, where: str) -> dict:
+    """The stored form of a source's row: id, question, reference and, for a conversation, the
+    canonical turns and tools as JSON. Raises ValueError (naming `where`) for a broken conversation."""
+    messages = row.get("messages")
+    if messages is None:
+        return {"prompt_id": prompt_id(row["question"]), "question": row["question"], "reference": row["reference"],
+                "messages": None, "tools": None, "category": row.get("category")}
+    tools = row.get("tools")
+    if found := conversation.problems(messages, tools):
+        raise ValueError(f"{where}: {'; '.join(found)}")
+    messages, tools = conversation.canonical(messages), conversation.canonical_tools(tools)
+    return {"prompt_id": conversation.conversation_id(messages, tools),
+            "question": row.get("question") or conversation.question_of(messages), "reference": row["reference"],
+            "messages": json.dumps(messages, ensure_ascii=False),
+            "tools": json.dumps(tools, ensure_ascii=False) if tools else None, "category": row.get("category")}
+
+
 def load_prompts(components: list, split: str) -> list[dict]:
     """All prompts of a split, deduplicated by id (first occurrence wins)."""
     out: dict[str, dict] = {}
     for component in components:
         entry = PROMPT_SOURCES.get(component.source)
         params = component.params
-        for row in entry.fn(params):
-            pid = prompt_id(row["question"])
-            if pid not in out:
-                out[pid] = {
-                    "prompt_id": pid,
-                    "split": split,
-                    "question": row["question"],
-                    "reference": row["reference"],
-                    "source": component.source + (f":{params.path}" if isinstance(params, FileParams) else ""),
-                    "source_licence": params.licence,
-                }
+        source = component.source + (f":{params.path}" if isinstance(params, FileParams) else "")
+        for i, row in enumerate(entry.fn(params)):
+            stored = prompt_row(row, f"{source}: row {i}")
+            if stored["prompt_id"] not in out:
+                out[stored["prompt_id"]] = {"split": split, **stored, "source": source,
+                                            "source_licence": params.licence}
     return list(out.values())
+
+
+def tools_of(prompt: dict) -> list[dict] | None:
+    """A stored prompt's tool definitions, decoded; None when it has none."""
+    return json.loads(prompt["tools"]) if prompt.get("tools") else None
+
+
+def messages_of(prompt: dict) -> list[dict] | None:
+    """A stored prompt's conversation, decoded; None for a question."""
+    return json.loads(prompt["messages"]) if prompt.get("messages") else None
+
+
+def _load_builtins() -> None:
+    # Importing every module of the package runs its @PROMPT_SOURCES.register decorators.
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_load_builtins()

@@ -72,7 +72,7 @@ def load_recipe(path: str | Path) -> Recipe:
     problems: list[Problem] = []
     recipe = None
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as e:
         problems.extend(problems_from(e, Recipe))
 

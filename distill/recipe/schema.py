@@ -10,15 +10,30 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from distill.licensing import Acknowledgement
 from distill.models import StudentBase, resolve_base
 from distill.registry import Params
 from distill.schema import Strict
 from distill.teachers import Teacher, load_teacher
+
+
+def _check_template(name: str | None, info) -> str | None:
+    """A chat template name or file that exists; a file's path becomes absolute (relative to the recipe)."""
+    from distill import chat_templates
+
+    if name is None or name in chat_templates.NAMES:
+        return name
+    base = Path((info.context or {}).get("base_dir", "."))
+    chat_templates.resolve(name, base)  # raises, saying what was looked for
+    return str((base / name).resolve())
+
+
+# A chat template's name or file, checked when the recipe loads.
+TemplateName = Annotated[str | None, AfterValidator(_check_template)]
 
 
 class Section(Strict):
@@ -54,6 +69,9 @@ class TeacherRef(Section):
     id: str = Field(description="a shipped teacher id (distill ls) or the path of a teacher YAML")
     engine_args: dict[str, Any] = Field({}, description="vLLM engine arguments over the teacher entry's serving "
                                                         "defaults, e.g. {enforce_eager: true}; checked against vLLM")
+    template: TemplateName = Field(None, description="the chat template the teacher is served with, over the entry's: "
+                                                   "a shipped one (hermes: tool calls in <tool_call> tags) or a Jinja "
+                                                   "file relative to the recipe; none: the entry's, else the model's own")
 
 
 class Prompts(Section):
@@ -132,6 +150,9 @@ class Student(Section):
                         "(as `distill licence` prints it) and why")
     base_licence: str | None = Field(None, description="licence id of a base given as a local directory; teacher "
                                                        "entries carry their own")
+    template: TemplateName = Field(None, description="the chat template the student is trained with and saved with (so it "
+                                                   "is served as it learned): a shipped one (hermes) or a Jinja file "
+                                                   "relative to the recipe; none: the base model's own")
 
 
 class Lora(Section):
@@ -257,6 +278,8 @@ class Recipe(Section):
         """The teacher entry `teacher.id` names (a shipped id or a YAML path)."""
         if self._teacher is None:
             self._teacher = load_teacher(self.teacher.id, self.base_dir)
+        if self.teacher.template and self._teacher.template != self.teacher.template:
+            self._teacher = self._teacher.model_copy(update={"template": self.teacher.template})
         return self._teacher
 
     @property
@@ -298,6 +321,7 @@ class Recipe(Section):
         # Keys added at their default leave the hash as it was, so earlier runs keep their ids.
         if data.get("prompts", {}).get("bad_rows") == "fail":
             data["prompts"] = {k: v for k, v in data["prompts"].items() if k != "bad_rows"}
+        data = _without_unset(data, ADDED_UNSET)
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
         # revision must not resume a run made with the old weights.
         entry = self.teacher_entry.model_dump(mode="json")
@@ -305,12 +329,31 @@ class Recipe(Section):
             entry["endpoint"] = {k: entry["endpoint"][k] for k in ("base_url", "model")}
         if entry.get("backend") is None:  # the default backend: the same runs as entries without the key
             entry.pop("backend", None)
+        if entry.get("template") is None:
+            entry.pop("template", None)
         data["teacher_entry"] = entry
         data["sources_sha256"] = [
             getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval
         ]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+# Keys added after runs were made, by where they sit; unset (None) they leave a recipe's hash as it was.
+ADDED_UNSET = {("teacher", "template"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
+               ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
+               ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
+               ("prompts", "eval", "*", "category_field")}
+
+
+def _without_unset(data: Any, paths: set[tuple], at: tuple = ()) -> Any:
+    """`data` without the keys at `paths` ("*": every list item) whose value is None."""
+    if isinstance(data, list):
+        return [_without_unset(v, paths, at + ("*",)) for v in data]
+    if not isinstance(data, dict):
+        return data
+    return {k: _without_unset(v, paths, at + (k,)) for k, v in data.items()
+            if not (v is None and at + (k,) in paths)}
 
 
 def _resolved(component: Component, key: str) -> dict[str, Any]:

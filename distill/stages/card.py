@@ -114,6 +114,11 @@ def model_card(run_dir: Path) -> str:
                 dataset_split="eval", metric_type=metric, metric_value=round(value, 4),
                 metric_name=f"{metric} ({', '.join(ev['verifiers'])})"
             ))
+        for group, g in (ev.get("groups") or {}).items():  # per held-out set: bfcl/simple_python, ...
+            results.append(EvalResult(
+                task_type="text-generation", dataset_type=group.replace("/", "-"), dataset_name=group,
+                dataset_split="eval", metric_type="pass@1", metric_value=round(g["student"]["pass@1"], 4),
+                metric_name=f"pass@1 ({', '.join(ev['verifiers'])})"))
     data = ModelCardData(
         model_name=name,
         license=lic["license"],
@@ -128,6 +133,20 @@ def model_card(run_dir: Path) -> str:
         eval_results=results or None,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{_body(info, lin)}").content
+
+
+def _groups_text(ev: dict) -> list[str]:
+    """The per-set table: each held-out source and category, teacher and student pass@1."""
+    if not ev.get("groups"):
+        return []
+    lines = ["", "By held-out set (pass@1, 95% interval in brackets):", "",
+             "| held-out set | prompts | teacher | student | change |", "|---|---|---|---|---|"]
+    for name, g in ev["groups"].items():
+        t, s = g["teacher"], g["student"]
+        ci = lambda m: f" ({m['pass@1_ci95'][0]:.1%}-{m['pass@1_ci95'][1]:.1%})" if m.get("pass@1_ci95") else ""  # noqa: E731
+        lines.append(f"| {name} | {g['prompts']} | {t['pass@1']:.1%}{ci(t)} | {s['pass@1']:.1%}{ci(s)} "
+                     f"| {s['pass@1'] - t['pass@1']:+.1%} |")
+    return lines
 
 
 def _body(info: dict, lin: dict) -> str:
@@ -180,7 +199,7 @@ def _body(info: dict, lin: dict) -> str:
             "",
             "In brackets: 95% intervals, by bootstrap over the held-out prompts.",
             f"Cost unit: {st['price_unit']}.",
-        ])
+        ] + _groups_text(ev))
     else:
         eval_text = "Not evaluated yet (the evaluate stage has not run)."
     return f"""

@@ -5,13 +5,17 @@ A sample is kept when it is not an error, every required verifier accepted it, n
 sample kept before it. A filter's rewrite (PII redacted) is the text that is kept; the filters
 that only marked a row are listed in its `flags` column.
 Rows are in TRL's prompt-completion conversational format, so the trainer computes the
-loss on the completion only.
+loss on the completion only. A conversation prompt keeps all its turns and its tools (a `tools`
+column of JSON, which TRL passes to the student's chat template); the completion is the assistant
+turn the teacher produced, its tool calls in OpenAI's structured form, so the student's own
+template writes them in the format it will be served with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 from distill.stages.prompts import skipped_rows
@@ -68,7 +72,8 @@ def build_dataset(run) -> dict:
         seen.add(key)
         rows.append({
             "prompt": json.loads(s["messages"]),
-            "completion": [{"role": "assistant", "content": s["completion"]}],
+            "completion": [assistant_turn(s["completion"], bool(s.get("tools")))],
+            "tools": s.get("tools"),
             "sample_id": s["sample_id"],
             "prompt_id": s["prompt_id"],
             "prompt_source": s["prompt_source"],
@@ -99,12 +104,34 @@ def build_dataset(run) -> dict:
     return manifest
 
 
+def assistant_turn(text: str, with_tools: bool) -> dict:
+    """The teacher's answer as an assistant message: for a prompt with tools, the calls it makes
+    as structured tool_calls and the rest of the text as content (None when nothing is left)."""
+    if not with_tools:
+        return {"role": "assistant", "content": text}
+    from distill.verifiers.tool_call import CallError, parse_tool_calls
+
+    try:
+        calls = parse_tool_calls(text)
+    except CallError:
+        calls = []
+    if not calls:
+        return {"role": "assistant", "content": text}
+    # Text beside Hermes tags is the turn's content; a JSON-form answer is all call.
+    rest = re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.DOTALL).strip() if "<tool_call>" in text else ""
+    return {"role": "assistant", "content": rest or None,
+            "tool_calls": [{"id": f"call_{i}", "type": "function",
+                            "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+                           for i, (name, args, _) in enumerate(calls)]}
+
+
 def content_hash(rows: list[dict]) -> str:
     """Of the training content alone (prompts and completions, in order): two runs that kept
     the same text have the same hash, whatever their ids or timestamps."""
     digest = hashlib.sha256()
     for r in rows:
-        digest.update(json.dumps([r["prompt"], r["completion"]], sort_keys=True).encode())
+        content = [r["prompt"], r["completion"]] + ([r["tools"]] if r.get("tools") else [])
+        digest.update(json.dumps(content, sort_keys=True).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 

@@ -8,12 +8,13 @@ missing; `eval.json` holds the metrics.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pyarrow as pa
 
 from distill.lineage import sample_seed
-from distill.stages.requests import messages_for, sampling_params
+from distill.stages.requests import request, sampling_params
 from distill.stages.verify import accepted, verify_batch
 from distill.teachers import Serving, Teacher
 
@@ -55,14 +56,12 @@ def plan_eval(recipe, prompts: list[dict]) -> list[dict]:
     """k sampled requests (the recipe's settings, per-sample seeds) and one greedy per prompt."""
     work = []
     for p in prompts:
-        messages = messages_for(recipe, p["question"])
         for i in range(recipe.eval.k):
             seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
-            work.append({"work_id": f"{p['prompt_id']}:{i}", "messages": messages,
-                         "sampling_params": sampling_params(recipe, seed)})
+            work.append(request(recipe, p, f"{p['prompt_id']}:{i}", sampling_params(recipe, seed)))
         greedy = {**sampling_params(recipe, recipe.sampling.seed), "temperature": 0.0, "top_p": 1.0, "top_k": 0,
                   "min_p": 0.0}
-        work.append({"work_id": f"{p['prompt_id']}:{GREEDY}", "messages": messages, "sampling_params": greedy})
+        work.append(request(recipe, p, f"{p['prompt_id']}:{GREEDY}", greedy))
     return work
 
 
@@ -96,9 +95,11 @@ def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: lis
             "error": r["error"] or None,
         })
     questions = {p["prompt_id"]: p["question"] for p in prompts}
+    tools = {p["prompt_id"]: json.loads(p["tools"]) if p.get("tools") else None for p in prompts}
     verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows],
                             questions=[questions[r["prompt_id"]] for r in rows],
-                            finish_reasons=[r["finish_reason"] for r in rows], backend_for=judge)
+                            finish_reasons=[r["finish_reason"] for r in rows],
+                            tools=[tools[r["prompt_id"]] for r in rows], backend_for=judge)
     for row, v in zip(rows, verdicts):
         row["verdicts"] = v
         row["correct"] = accepted(v, row["error"])
@@ -121,27 +122,41 @@ def teacher_eval_work(run) -> tuple[list[dict], list[dict]] | None:
     return prompts, plan_eval(run.recipe, prompts)
 
 
+def scores(table: pa.Table) -> dict:
+    """pass@1, pass@k and greedy accuracy of a model's answers, each with its 95% interval."""
+    rows = table.to_pylist()
+    by_prompt: dict[str, list[bool]] = {}
+    for r in rows:
+        if r["kind"] == "sampled":
+            by_prompt.setdefault(r["prompt_id"], []).append(bool(r["correct"]))
+    greedy = {r["prompt_id"]: float(bool(r["correct"])) for r in rows if r["kind"] == GREEDY}
+    return {
+        "pass@1": sum(sum(c) / len(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
+        "pass@k": sum(any(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
+        "greedy_accuracy": sum(greedy.values()) / len(greedy) if greedy else 0.0,
+        # How far each score could move with other prompts of the same kind: 95% bootstrap
+        # intervals over the held-out prompts.
+        "pass@1_ci95": bootstrap_ci([sum(c) / len(c) for c in by_prompt.values()]),
+        "pass@k_ci95": bootstrap_ci([float(any(c)) for c in by_prompt.values()]),
+        "greedy_accuracy_ci95": bootstrap_ci(list(greedy.values())),
+    }
+
+
 def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -> dict:
     rows = table.to_pylist()
     sampled = [r for r in rows if r["kind"] == "sampled"]
-    greedy = [r for r in rows if r["kind"] == GREEDY]
-    by_prompt: dict[str, list[bool]] = {}
-    for r in sampled:
-        by_prompt.setdefault(r["prompt_id"], []).append(bool(r["correct"]))
-    greedy_by_prompt = {r["prompt_id"]: float(bool(r["correct"])) for r in greedy}
     correct = sum(r["correct"] for r in sampled)
     tokens = sum(r["completion_tokens"] for r in sampled)
     priced = model.id in price_per_mtok
     price = price_per_mtok[model.id] if priced else model.params_b
+    s = scores(table)
     return {
         "model": model.id,
         "revision": model.revision,
         "params_b": model.params_b,
-        "prompts": len(by_prompt),
+        "prompts": len({r["prompt_id"] for r in sampled}),
         "samples": len(sampled),
-        "pass@1": sum(sum(c) / len(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
-        "pass@k": sum(any(c) for c in by_prompt.values()) / len(by_prompt) if by_prompt else 0.0,
-        "greedy_accuracy": sum(r["correct"] for r in greedy) / len(greedy) if greedy else 0.0,
+        **{k: s[k] for k in ("pass@1", "pass@k", "greedy_accuracy")},
         "mean_output_tokens": tokens / len(sampled) if sampled else 0.0,
         "truncated": sum(r["finish_reason"] == "length" for r in sampled),
         "errors": sum(bool(r["error"]) for r in rows),
@@ -150,11 +165,7 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
         # serving cost grows about linearly with size.
         "price_unit": "as set in eval.price_per_mtok" if priced else "proxy: parameters (B) per 1M output tokens",
         "cost_per_correct": (tokens * price / 1e6) / correct if correct else None,
-        # How far each score could move with other prompts of the same kind: 95% bootstrap
-        # intervals over the held-out prompts.
-        "pass@1_ci95": bootstrap_ci([sum(c) / len(c) for c in by_prompt.values()]),
-        "pass@k_ci95": bootstrap_ci([float(any(c)) for c in by_prompt.values()]),
-        "greedy_accuracy_ci95": bootstrap_ci(list(greedy_by_prompt.values())),
+        **{k: s[k] for k in ("pass@1_ci95", "pass@k_ci95", "greedy_accuracy_ci95")},
     }
 
 
@@ -205,8 +216,32 @@ def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
     t, s = result["teacher"], result["student"]
     result["student_minus_teacher"] = {"pass@1": s["pass@1"] - t["pass@1"],
                                        "greedy_accuracy": s["greedy_accuracy"] - t["greedy_accuracy"]}
+    if groups := prompt_groups(prompts):
+        result["groups"] = {name: {"prompts": len(ids), **{role: group_metrics(tables[role], ids) for role in models}}
+                            for name, ids in groups.items()}
     run.files.write_json(run.files.metrics, result)
     return result
+
+
+def prompt_groups(prompts: list[dict]) -> dict[str, set[str]]:
+    """The held-out prompts by where they come from: `source/category` for prompts with a category
+    (bfcl/simple_python, tool-tasks/parallel), and each source as a whole when there are several;
+    empty when one source without categories holds them all (the overall scores say it)."""
+    groups: dict[str, set[str]] = {}
+    sources = {p["source"] for p in prompts}
+    for p in prompts:
+        if len(sources) > 1:
+            groups.setdefault(p["source"], set()).add(p["prompt_id"])
+        if p.get("category"):
+            groups.setdefault(f"{p['source']}/{p['category']}", set()).add(p["prompt_id"])
+    return dict(sorted(groups.items()))
+
+
+def group_metrics(table: pa.Table, prompt_ids: set[str]) -> dict:
+    """A model's scores on some of the held-out prompts."""
+    import pyarrow.compute as pc
+
+    return scores(table.filter(pc.is_in(table["prompt_id"], pa.array(sorted(prompt_ids)))))
 
 
 def _matches(table: pa.Table, model: Teacher, expected_rows: int) -> bool:

@@ -126,6 +126,20 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def groups_html(ev: dict | None) -> str | None:
+    """Teacher and student per held-out source and category (BFCL's, a generator's)."""
+    if not ev or not ev.get("groups"):
+        return None
+    rows = []
+    for name, g in ev["groups"].items():
+        t, st = g["teacher"], g["student"]
+        rows.append([name, g["prompts"], f"{t['pass@1']:.1%}", f"{st['pass@1']:.1%}",
+                     f"{st['pass@1'] - t['pass@1']:+.1%}", f"{t['greedy_accuracy']:.1%}",
+                     f"{st['greedy_accuracy']:.1%}"])
+    return _table(["held-out set", "prompts", "teacher pass@1", "student pass@1", "change", "teacher greedy",
+                   "student greedy"], rows)
+
+
 def filters_html(summary: dict | None) -> str | None:
     if not summary or not summary.get("filters"):
         return None
@@ -214,6 +228,7 @@ def build_report(run_dir: Path) -> Path:
         ("Filters", filters_html(files.read_json(files.filter_summary)), "no filter ran"),
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),
         ("Student vs teacher", plot_eval(ev), "the evaluate stage has not run"),
+        ("By task", groups_html(ev), None),
     ]
     facts = []
     if samples:

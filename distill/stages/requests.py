@@ -3,6 +3,8 @@ of a request, from the recipe. One place, so the teacher and the student are ask
 
 from __future__ import annotations
 
+import json
+
 
 def sampling_params(recipe, seed: int) -> dict:
     s = recipe.sampling
@@ -14,6 +16,19 @@ def sampling_params(recipe, seed: int) -> dict:
     }
 
 
-def messages_for(recipe, question: str) -> list[dict]:
+def messages_for(recipe, prompt: dict) -> list[dict]:
+    """The turns sent for a stored prompt: its conversation, or its question as a user turn; the
+    recipe's system prompt goes first unless the conversation has its own."""
     system = recipe.prompts.system_prompt
-    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": question}]
+    turns = json.loads(prompt["messages"]) if prompt.get("messages") else [{"role": "user", "content": prompt["question"]}]
+    if system is not None and turns[0]["role"] not in ("system", "developer"):
+        turns = [{"role": "system", "content": system}] + turns
+    return turns
+
+
+def request(recipe, prompt: dict, work_id: str, params: dict) -> dict:
+    """A backend request row for a stored prompt: its turns, its tools when it has any."""
+    row = {"work_id": work_id, "messages": messages_for(recipe, prompt), "sampling_params": params}
+    if prompt.get("tools"):
+        row["tools"] = json.loads(prompt["tools"])
+    return row

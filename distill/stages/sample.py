@@ -19,7 +19,7 @@ import pyarrow as pa
 from distill.lineage import sample_id, sample_seed
 from distill.run import RunDir
 from distill.stages import evaluate
-from distill.stages.requests import messages_for, sampling_params
+from distill.stages.requests import request, sampling_params
 from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
 
 NAME = "sample"
@@ -82,11 +82,7 @@ def plan_work(recipe, prompts: list[dict], done: set[str], round_: int = 0) -> l
             if work_id in done:
                 continue
             seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
-            work.append({
-                "work_id": work_id,
-                "messages": messages_for(recipe, p["question"]),
-                "sampling_params": sampling_params(recipe, seed),
-            })
+            work.append(request(recipe, p, work_id, sampling_params(recipe, seed)))
     return work
 
 
@@ -196,7 +192,9 @@ def _generate(run, backend, info, prompts, work, summary, progress, with_models:
         rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
         verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows],
                                 questions=[r["prompt_text"] for r in rows],
-                                finish_reasons=[r["finish_reason"] for r in rows], with_models=with_models)
+                                finish_reasons=[r["finish_reason"] for r in rows],
+                                tools=[json.loads(r["tools"]) if r["tools"] else None for r in rows],
+                                with_models=with_models)
         for row, v in zip(rows, verdicts):
             row["verdicts"] = v
             row["accepted"] = accepted(v, row["error"], recipe.verifiers)
@@ -311,6 +309,8 @@ def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict
         "prompt_licence": p["source_licence"],
         "reference": p["reference"],
         "messages": json.dumps(request["messages"]),
+        "tools": json.dumps(request["tools"]) if request.get("tools") else None,
+        "chat_template": info.get("chat_template"),
         "teacher_id": t.id,
         "teacher_model": t.model,
         "teacher_revision": t.revision,
@@ -326,12 +326,27 @@ def _record(run, info: dict, prompts: dict, request: dict, result: dict) -> dict
         "top_p": params["top_p"],
         "max_tokens": params["max_tokens"],
         "completion": result["text"],
+        "tool_calls": tool_calls_json(result),
         "finish_reason": result["finish_reason"],
         "prompt_tokens": result["prompt_tokens"],
         "completion_tokens": result["completion_tokens"],
         "error": result["error"] or None,
         "created_at": datetime.now(timezone.utc),
     }
+
+
+def tool_calls_json(result: dict) -> str | None:
+    """The completion's tool calls as JSON [{"name", "arguments"}]: the server's when it parsed them,
+    else read from the text; None when there are none or the text does not parse as calls."""
+    from distill.verifiers.tool_call import CallError, parse_tool_calls
+
+    calls = result.get("tool_calls")
+    if calls is None and result.get("text"):
+        try:
+            calls = [{"name": n, "arguments": a} for n, a, _ in parse_tool_calls(result["text"])]
+        except CallError:
+            calls = None
+    return json.dumps(calls, ensure_ascii=False) if calls else None
 
 
 def _count(summary: SampleSummary, table: pa.Table) -> None:

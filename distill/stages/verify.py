@@ -8,6 +8,7 @@ work is generated; a sample is not accepted while a required verdict is missing.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from distill.verifiers import VERIFIERS, Verdict, VerifyContext
@@ -15,7 +16,8 @@ from distill.verifiers import VERIFIERS, Verdict, VerifyContext
 
 def verify_batch(verifiers: list, completions: list[str | None], references: list[str | None], *,
                  questions: list[str | None] | None = None, finish_reasons: list[str | None] | None = None,
-                 backend_for: Callable | None = None, with_models: bool = True) -> list[list[dict]]:
+                 tools: list[list[dict] | None] | None = None, backend_for: Callable | None = None,
+                 with_models: bool = True) -> list[list[dict]]:
     """One list of verdict dicts per completion; error rows (completion None) get none.
 
     with_models=False skips the verifiers that run a model; `add_model_verdicts` adds them later.
@@ -25,6 +27,7 @@ def verify_batch(verifiers: list, completions: list[str | None], references: lis
     ctx = VerifyContext(
         questions=[questions[i] if questions else None for i in live],
         finish_reasons=[finish_reasons[i] if finish_reasons else None for i in live],
+        tools=[tools[i] if tools else None for i in live],
         backend_for=backend_for,
     )
     for spec in verifiers:
@@ -64,7 +67,9 @@ def add_model_verdicts(verifiers: list, rows: list[dict], backend_for: Callable)
             continue
         got = verify_batch([spec], [r["completion"] for r in todo], [r["reference"] for r in todo],
                            questions=[r["prompt_text"] for r in todo],
-                           finish_reasons=[r["finish_reason"] for r in todo], backend_for=backend_for)
+                           finish_reasons=[r["finish_reason"] for r in todo],
+                           tools=[json.loads(r["tools"]) if r.get("tools") else None for r in todo],
+                           backend_for=backend_for)
         for row, verdicts in zip(todo, got):
             row["verdicts"] = list(row["verdicts"] or []) + verdicts
         changed = True

@@ -106,7 +106,10 @@ class Teacher(Strict):
     # The backend registry's name (or a dotted name, package.module:factory) of what serves it;
     # None: openai-http when it has an endpoint, else vllm-ray.
     backend: str | None = None
-    chat_template: str = ""
+    chat_template: str = ""  # a description of the model's own template
+    # The chat template it is served with instead of its own: a name shipped in
+    # distill/chat_templates (hermes) or a Jinja file's path; None: the model's own.
+    template: str | None = None
     safety_notes: list[str] = []
 
 

@@ -101,10 +101,14 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
     transformers.utils.logging.disable_progress_bar()
 
     recipe = run.recipe
-    data = datasets.Dataset(run.files.read_dataset().select(["prompt", "completion"]))
+    table = run.files.read_dataset()
+    with_tools = "tools" in table.column_names and table["tools"].null_count < table.num_rows
+    # TRL passes a row's `tools` (JSON text) to the chat template; rows without tools get none.
+    data = datasets.Dataset(table.select(["prompt", "completion"] + (["tools"] if with_tools else [])))
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
+    use_template(tokenizer, recipe, with_tools)
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(**sft_config_kwargs(run, run.files.checkpoints, list(report_to))),
@@ -146,6 +150,19 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
     del trainer, model  # the evaluate stage's engines want this memory back
     gc.collect()
     return facts
+
+
+def use_template(tokenizer, recipe, with_tools: bool) -> None:
+    """The student's chat template: the recipe's student.template over the base's own. It is saved
+    with the student, so the student is served with the template it learned."""
+    from distill import chat_templates
+
+    if recipe.student.template:
+        tokenizer.chat_template = chat_templates.resolve(recipe.student.template).text
+    if with_tools and not chat_templates.supports_tools(tokenizer.chat_template):
+        raise ValueError(f"the dataset has tool definitions but the chat template of {recipe.student.base} does not "
+                         "render them: set `student.template` (shipped: "
+                         f"{', '.join(chat_templates.NAMES)}) or a Jinja file")
 
 
 def _ray_node() -> dict:

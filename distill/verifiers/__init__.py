@@ -32,13 +32,15 @@ class VerifyContext:
 
     questions: list[str | None]
     finish_reasons: list[str | None]
+    # The tool definitions (OpenAI format) each prompt was sent with; None for a prompt without.
+    tools: list[list[dict] | None] | None = None
     # model id -> a backend (the teacher backends), for verifiers that run a model.
     backend_for: Callable[[str], Any] | None = None
 
     @classmethod
     def blank(cls, n: int) -> VerifyContext:
         """A context that knows nothing beyond the texts, for n completions (tests, re-scoring)."""
-        return cls(questions=[None] * n, finish_reasons=[None] * n)
+        return cls(questions=[None] * n, finish_reasons=[None] * n, tools=[None] * n)
 
 
 def parse_reference(text: str):

@@ -26,8 +26,12 @@ def test_only_accepted_distinct_samples_are_kept(run):
     # is right, and its three identical samples keep one row.
     assert len(rows) == 1
     row = rows[0]
-    assert row["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1 + 2?"}]
-    assert row["completion"] == [{"role": "assistant", "content": "The answer is 3."}]
+    # Question prompts: plain turns (the tool fields of the message type stay empty), no tools.
+    plain = {"tool_calls": None, "tool_call_id": None}
+    assert row["prompt"] == [{"role": "system", "content": "Be brief.", **plain},
+                             {"role": "user", "content": "What is 1 + 2?", **plain}]
+    assert row["completion"] == [{"role": "assistant", "content": "The answer is 3.", **plain}]
+    assert row["tools"] is None
     assert (row["prompt_licence"], row["teacher_licence"], row["teacher_id"]) == ("cc-by-4.0", "apache-2.0", "smollm2-135m-instruct")
     m = summaries["dataset"]
     assert m["dropped"] == {"error": 3, "exact duplicate": 2, "not accepted by the verifiers": 6}
