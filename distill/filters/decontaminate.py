@@ -36,21 +36,26 @@ _COMMON_MIN_QUESTIONS = 3  # an n-gram two questions share is evidence, not temp
 
 class Benchmark(Params):
     name: str = Field(min_length=1)  # what flagged rows are counted by
-    path: str  # relative to the recipe file
+    # A file of questions (relative to the recipe file), or `bfcl`: every request of the
+    # single-turn BFCL test sets shipped in the bfcl-eval package (distill/prompts/bfcl.py).
+    path: str | None = None
+    shipped: Literal["bfcl"] | None = None
     field: str = "question"
     format: Format | None = None  # None: from the suffix (.jsonl, .json, .parquet)
 
     @field_validator("path")
     @classmethod
-    def _exists(cls, v: str, info: ValidationInfo) -> str:
-        full = Path((info.context or {}).get("base_dir", ".")) / v
-        if not full.is_file():
+    def _exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        full = Path((info.context or {}).get("base_dir", ".")) / (v or "")
+        if v is not None and not full.is_file():
             raise ValueError(f"file not found (looked for {full}; paths are relative to the recipe file)")
         return v
 
     @model_validator(mode="after")
     def _format_known(self) -> Benchmark:
-        if self.format is None and Path(self.path).suffix.lower() not in _SUFFIX_FORMAT:
+        if (self.path is None) == (self.shipped is None):
+            raise ValueError("give a benchmark either path: (a file of questions) or shipped: bfcl")
+        if self.shipped is None and self.format is None and Path(self.path).suffix.lower() not in _SUFFIX_FORMAT:
             raise ValueError(f"cannot tell the format of {self.path!r} from its suffix; "
                              f"set format: {', '.join(_SUFFIX_FORMAT.values())}")
         return self
@@ -91,6 +96,11 @@ class DecontaminateParams(Params):
 
 def read_questions(bench: Benchmark, base_dir: Path) -> list[str]:
     """The benchmark's questions, in file order."""
+    if bench.shipped == "bfcl":
+        from distill.prompts import bfcl
+
+        every = bfcl.BfclParams(categories=list(bfcl.Category.__args__))
+        return [row["question"] for row in bfcl.read_bfcl(every)]
     path = base_dir / bench.path
     fmt = bench.file_format
     if fmt == "parquet":
@@ -197,6 +207,7 @@ filters:
     common_share: 0.05        # n-grams in more of a benchmark's questions are template text
     # benchmarks:             # files with the questions, relative to the recipe
     #   - {name: gsm8k, path: benchmarks/gsm8k-test.jsonl, field: question}
+    #   - {name: bfcl, shipped: bfcl}   # BFCL's single-turn requests (bfcl-eval package)
 """)
 def decontaminate(rows: list[dict], params: DecontaminateParams, ctx: FilterContext) -> list[FilterVerdict]:
     """Rows whose prompt holds a benchmark or eval question, verbatim or lightly reworded."""

@@ -23,12 +23,19 @@ The reference is JSON text (the prompt row's reference is a string) holding an o
 
 - tools: OpenAI tool definitions; the bare {"name", "parameters"} form is read too. Every call must
   name one of them and its arguments must validate against its "parameters" JSON Schema (a tool
-  without "parameters" accepts any arguments). Optional.
+  without "parameters" accepts any arguments; "integer" takes integer literals only, not 3.0). Optional.
 - expected: the calls the completion should make, in either call form. Optional. Calls match
   whatever their order; arguments match exactly, key order aside and type-aware (1 and "1" differ,
   1 and 1.0 are equal, true and 1 differ; list order counts). An empty list means the right answer
   is no tool call at all (BFCL's "irrelevance" cases).
+- ground_truth: instead of expected, the calls in BFCL's form, each {function name: {argument:
+  [acceptable values]}}. An argument's value matches when it is one of its acceptable values:
+  strings after BFCL's normalisation (case, spaces and the characters ,./-_*^ ignored), numbers
+  type-aware as above, lists item by item, objects key by key against {key: [acceptable values]};
+  an argument whose list holds "" may be left out, and an argument not listed must not be given.
+  An empty list means no call is right (BFCL's irrelevance rows).
 - Other keys are errors, so a typo ("expect") is not silently a validation-only check.
+Without tools in the reference, the tools the prompt was sent with (its `tools` column) are used.
 A Python-literal reference ({'tools': ...}) is read too: that is what a prompt file's object field
 becomes when the prompt source turns it into a string.
 
@@ -48,7 +55,7 @@ from functools import lru_cache
 from typing import Literal
 
 from jsonschema import Draft202012Validator, SchemaError
-from jsonschema.validators import validator_for
+from jsonschema.validators import extend, validator_for
 from pydantic import Field
 
 from distill.registry import Params
@@ -59,7 +66,8 @@ _HERMES = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.DOTALL)
 # The language is captured so a ```python block is consumed whole, not mistaken for a JSON one.
 _FENCE = re.compile(r"```([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CALL_START = re.compile(r'(?:\[\s*)?\{\s*"(?:name|function|tool_calls|type)"')
-_REFERENCE_KEYS = ("tools", "expected")
+_REFERENCE_KEYS = ("tools", "expected", "ground_truth")
+_BFCL_IGNORED = re.compile(r"[ ,./\-_*^]")
 
 
 class ToolCallParams(Params):
@@ -176,32 +184,131 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _schema_problems(validator, args: dict) -> list[str]:
-    """Readable schema violations: argument 'city' missing, 'days' should be integer, ..."""
-    out: list[str] = []
+def _standard(text: str) -> str:
+    """A string as BFCL compares it: lower case, without spaces and ,./-_*^, ' read as "."""
+    return _BFCL_IGNORED.sub("", text).lower().replace("'", '"')
+
+
+def _one_of(value, accepted: list) -> bool:
+    """value matches one of the acceptable values (BFCL ground truth): see the module docstring."""
+    return any(_fits(value, a) for a in accepted)
+
+
+def _fits(value, accepted) -> bool:
+    if isinstance(value, str) and isinstance(accepted, str):
+        return _standard(value) == _standard(accepted)
+    if isinstance(value, dict) and isinstance(accepted, dict):  # {key: [acceptable values]}
+        if any(k not in accepted for k in value):
+            return False
+        # a nested value BFCL wrote without a list of alternatives is the one acceptable value
+        alternatives = {k: a if isinstance(a, list) else [a] for k, a in accepted.items()}
+        return all(_one_of(value[k], alternatives[k]) if k in value else "" in alternatives[k] for k in accepted)
+    if isinstance(value, list) and isinstance(accepted, list):
+        return len(value) == len(accepted) and all(map(_fits, value, accepted))
+    return _same(value, accepted)
+
+
+def _authoritative(value, accepted: list) -> bool:
+    """value is one of the acceptable values and of the same JSON type (5.0 is not 5 here): the
+    ground truth then overrides what the schema says of it."""
+    return any(_fits(value, a) and _json_type(value) == _json_type(a) for a in accepted)
+
+
+class Expected:
+    """One call the completion should make: exact arguments, or BFCL's acceptable values of each."""
+
+    def __init__(self, name: str, arguments: dict, alternatives: bool = False):
+        self.name, self.arguments, self.alternatives = name, arguments, alternatives
+
+    def matches(self, name: str, args: dict) -> bool:
+        return name == self.name and not self.differences(args)
+
+    def differences(self, got: dict) -> list[str]:
+        want = self.arguments
+        if not self.alternatives:
+            return ([f"argument {k!r} missing" for k in want if k not in got]
+                    + [f"unexpected argument {k!r}" for k in got if k not in want]
+                    + [f"argument {k!r} is {json.dumps(got[k])}, expected {json.dumps(want[k])}"
+                       for k in want if k in got and not _same(got[k], want[k])])
+        return ([f"argument {k!r} missing" for k in want if k not in got and "" not in want[k]]
+                + [f"unexpected argument {k!r}" for k in got if k not in want]
+                + [f"argument {k!r} is {json.dumps(got[k])}, expected one of "
+                   f"{json.dumps([a for a in want[k] if a != ''])}"
+                   for k in want if k in got and not _one_of(got[k], want[k])])
+
+
+def _ground_truth(value) -> list[Expected]:
+    """BFCL's ground_truth list as expected calls; raises CallError naming what is malformed."""
+    if not isinstance(value, list):
+        raise CallError("reference ground_truth must be a list of {function: {argument: [values]}}")
+    out = []
+    for i, call in enumerate(value):
+        if not (isinstance(call, dict) and len(call) == 1):
+            raise CallError(f"reference ground_truth[{i}] must be an object with one function name")
+        (name, args), = call.items()
+        if not isinstance(args, dict) or not all(isinstance(v, list) for v in args.values()):
+            raise CallError(f"reference ground_truth[{i}] ({name!r}): each argument needs a list of acceptable values")
+        out.append(Expected(name, args, alternatives=True))
+    return out
+
+
+def _schema_problems(validator, args: dict) -> list[tuple[str | None, str]]:
+    """Readable schema violations, each with the argument it is about (None: the whole object):
+    argument 'city' missing, 'days' should be integer, ..."""
+    out: list[tuple[str | None, str]] = []
     for e in sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path]):
         path = ".".join(str(p) for p in e.absolute_path)
+        top = str(e.absolute_path[0]) if e.absolute_path else None
         at = f"argument {path!r}" if path else "arguments"
         if e.validator == "required":
             missing = [r for r in e.validator_value if isinstance(e.instance, dict) and r not in e.instance]
-            msgs = [f"argument {'.'.join(filter(None, [path, m]))!r} missing" for m in missing]
+            msgs = [(top or m, f"argument {'.'.join(filter(None, [path, m]))!r} missing") for m in missing]
         elif e.validator == "type":
             want = e.validator_value
             want = " or ".join(want) if isinstance(want, list) else want
-            msgs = [f"{at} should be {want}, got {_json_type(e.instance)} {json.dumps(e.instance)}"]
+            msgs = [(top, f"{at} should be {want}, got {_json_type(e.instance)} {json.dumps(e.instance)}")]
         elif e.validator == "additionalProperties" and e.validator_value is False \
                 and "patternProperties" not in e.schema:  # else extras cannot be told from the message
             extra = [k for k in e.instance if k not in e.schema.get("properties", {})]
-            msgs = [f"unexpected argument {'.'.join(filter(None, [path, k]))!r}" for k in extra]
+            msgs = [(top or k, f"unexpected argument {'.'.join(filter(None, [path, k]))!r}") for k in extra]
         else:
-            msgs = [f"{at}: {e.message}"]
+            msgs = [(top, f"{at}: {e.message}")]
         out += [m for m in msgs if m not in out]
     return out
 
 
+@lru_cache(maxsize=None)
+def _strict_integers(cls):
+    """The validator class with "integer" meaning a JSON integer literal: 5.0 is a number, as a
+    Python caller (and BFCL) reads it, where JSON Schema would take it for an integer."""
+    checker = cls.TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    return extend(cls, type_checker=checker)
+
+
 @lru_cache(maxsize=256)  # a dataset usually shares a few tool sets: check each schema once
-def _reference(text: str) -> tuple[dict | None, list | None]:
-    """({tool name: validator or None}, expected calls); raises CallError on an invalid reference."""
+def _validators(tools_json: str) -> dict:
+    """{tool name: validator, or None for a tool without parameters} of a JSON list of tools."""
+    tools = {}
+    for i, tool in enumerate(json.loads(tools_json)):
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise CallError(f"tools[{i}] has no function name")
+        schema = fn.get("parameters")
+        if schema is None:
+            tools[fn["name"]] = None
+            continue
+        cls = validator_for(schema, default=Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except SchemaError as e:
+            raise CallError(f"schema of tool {fn['name']!r} is invalid: {e.message}") from None
+        tools[fn["name"]] = _strict_integers(cls)(schema)
+    return tools
+
+
+@lru_cache(maxsize=256)
+def _reference(text: str) -> tuple[str | None, list[Expected] | None]:
+    """(the reference's tools as JSON text, expected calls); raises CallError on an invalid reference."""
     try:
         ref = parse_reference(text)
     except ValueError as e:
@@ -211,78 +318,82 @@ def _reference(text: str) -> tuple[dict | None, list | None]:
     if unknown := [k for k in ref if k not in _REFERENCE_KEYS]:
         keys = ", ".join(map(repr, unknown))
         raise CallError(f"reference has unknown key(s) {keys}; allowed: {', '.join(_REFERENCE_KEYS)}")
-    tools = None
+    if "expected" in ref and "ground_truth" in ref:
+        raise CallError("reference has both expected and ground_truth; give one")
+    tools_json = None
     if ref.get("tools"):
         if not isinstance(ref["tools"], list):
             raise CallError("reference tools must be a list of tool definitions")
-        tools = {}
-        for i, tool in enumerate(ref["tools"]):
-            fn = tool.get("function", tool) if isinstance(tool, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise CallError(f"reference tools[{i}] has no function name")
-            schema = fn.get("parameters")
-            if schema is None:
-                tools[fn["name"]] = None
-                continue
-            cls = validator_for(schema, default=Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-            except SchemaError as e:
-                raise CallError(f"reference schema of tool {fn['name']!r} is invalid: {e.message}") from None
-            tools[fn["name"]] = cls(schema)
+        tools_json = json.dumps(ref["tools"], sort_keys=True)
+        try:
+            tools = _validators(tools_json)
+        except CallError as e:
+            raise CallError(f"reference {e}") from None
     expected = ref.get("expected")
     if expected is not None:
         if not isinstance(expected, list):
             raise CallError("reference expected must be a list of calls")
-        expected = _calls(expected, "reference expected")
-        for name, args, _ in expected:
-            if problems := _call_problems(tools, name, args):
+        expected = [Expected(n, a) for n, a, _ in _calls(expected, "reference expected")]
+        for want in expected:
+            if tools_json and (problems := _call_problems(tools, want.name, want.arguments)):
                 why = "; ".join(problems)
-                raise CallError(f"reference expected call {name!r} fails its tool schema: {why}")
-    return tools, expected
+                raise CallError(f"reference expected call {want.name!r} fails its tool schema: {why}")
+    if "ground_truth" in ref:
+        expected = _ground_truth(ref["ground_truth"])
+    return tools_json, expected
 
 
-def _call_problems(tools: dict | None, name: str, args: dict) -> list[str]:
+def _call_problems(tools: dict | None, name: str, args: dict, expected: list[Expected] | None = None) -> list[str]:
+    """What is wrong with a call against its tool's schema. With BFCL ground truth (`expected`
+    with alternatives), judged as BFCL does: an argument the tool does not declare is unexpected,
+    and an argument whose value is one of its acceptable values passes whatever the schema says
+    of it (BFCL checks no enum, and its ground truth is authoritative where it and the schema differ)."""
     if tools is None:
         return []
     if name not in tools:
         return [f"unknown function {name!r} (tools: {', '.join(tools)})"]
-    return [f"{name}: {m}" for m in _schema_problems(tools[name], args)] if tools[name] else []
+    if not tools[name]:
+        return []
+    problems = _schema_problems(tools[name], args)
+    truths = [w for w in expected or [] if w.alternatives and w.name == name]
+    if truths:
+        problems = [(arg, m) for arg, m in problems
+                    if not (arg in args and any(arg in w.arguments and _authoritative(args[arg], w.arguments[arg])
+                                                for w in truths))]
+        declared = tools[name].schema.get("properties")
+        if isinstance(declared, dict):
+            problems += [(k, f"unexpected argument {k!r}") for k in args if k not in declared]
+    return [f"{name}: {m}" for _, m in dict.fromkeys(problems)]
 
 
-def _difference(name: str, want: dict, got: dict) -> str:
-    diffs = [f"argument {k!r} missing" for k in want if k not in got]
-    diffs += [f"unexpected argument {k!r}" for k in got if k not in want]
-    diffs += [f"argument {k!r} is {json.dumps(got[k])}, expected {json.dumps(want[k])}"
-              for k in want if k in got and not _same(got[k], want[k])]
-    return f"{name}: {', '.join(diffs)}"
-
-
-def _match(expected: list[tuple], calls: list[tuple]) -> tuple[int, list[str], list[tuple]]:
+def _match(expected: list[Expected], calls: list[tuple]) -> tuple[int, list[str], list[tuple]]:
     """(expected calls matched, why each other one was not, calls that answer no expected call)."""
     unmatched, missed = list(calls), []
     for want in expected:  # exact matches first, so a near miss cannot take another call's match
-        hit = next((c for c in unmatched if c[0] == want[0] and _same(c[1], want[1])), None)
+        hit = next((c for c in unmatched if want.matches(c[0], c[1])), None)
         if hit is None:
             missed.append(want)
         else:
             unmatched.remove(hit)
     reasons = []
-    for name, want, _ in missed:  # a same-name call is a wrong attempt at it, not an extra call
-        attempt = next((c for c in unmatched if c[0] == name), None)
+    for want in missed:  # a same-name call is a wrong attempt at it, not an extra call
+        attempt = next((c for c in unmatched if c[0] == want.name), None)
         if attempt is None:
-            reasons.append(f"expected call {name!r} not made")
+            reasons.append(f"expected call {want.name!r} not made")
         else:
             unmatched.remove(attempt)
-            reasons.append(_difference(name, want, attempt[1]))
+            reasons.append(f"{want.name}: {', '.join(want.differences(attempt[1]))}")
     return len(expected) - len(missed), reasons, unmatched
 
 
-def _verdict(completion: object, reference: object, p: ToolCallParams) -> Verdict:
+def _verdict(completion: object, reference: object, p: ToolCallParams, sent_tools: list | None = None) -> Verdict:
     if reference is None or not str(reference).strip():
         return Verdict(None, "no reference")
     try:
-        tools, expected = _reference(str(reference).strip())
+        tools_json, expected = _reference(str(reference).strip())
+        if tools_json is None and sent_tools:
+            tools_json = json.dumps(sent_tools, sort_keys=True)
+        tools = _validators(tools_json) if tools_json else None
     except CallError as e:
         return Verdict(None, str(e))
     if tools is None and expected is None:
@@ -306,7 +417,7 @@ def _verdict(completion: object, reference: object, p: ToolCallParams) -> Verdic
     problems = []
     for i, (name, args, _) in enumerate(calls, 1):
         prefix = f"call {i}: " if len(calls) > 1 else ""
-        problems += [prefix + msg for msg in _call_problems(tools, name, args)]
+        problems += [prefix + msg for msg in _call_problems(tools, name, args, expected)]
     if problems:
         return Verdict(0.0, "; ".join(problems))
     if expected is None:
@@ -335,4 +446,5 @@ def verify_tool_call(
     completions: list[str], references: list[str | None], params: ToolCallParams, ctx: VerifyContext
 ) -> list[Verdict]:
     """The completion's tool calls parse, fit the tools' JSON Schemas and match the expected calls."""
-    return [_verdict(c, r, params) for c, r in zip(completions, references, strict=True)]
+    sent = ctx.tools or [None] * len(completions)
+    return [_verdict(c, r, params, t) for c, r, t in zip(completions, references, sent, strict=True)]

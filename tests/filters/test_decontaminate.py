@@ -187,6 +187,8 @@ def test_progress_is_reported(bench_dir):
         ({"min_overlap": 0}, "greater than 0"),
         ({"n": 0}, "greater than or equal to 1"),
         ({"benchmark": []}, "Extra inputs are not permitted"),
+        ({"benchmarks": [{"name": "x"}]}, "give a benchmark either path: (a file of questions) or shipped: bfcl"),
+        ({"benchmarks": [{"name": "x", "path": "bench/grade.jsonl", "shipped": "bfcl"}]}, "either path:"),
         ({"benchmarks": [{"name": "x", "path": "bench/grade.jsonl", "fields": "q"}]}, "Extra inputs are not permitted"),
     ],
 )
@@ -222,3 +224,18 @@ def test_registered():
     [spec] = yaml.load(entry.example, Loader=RecipeLoader)["filters"]
     assert spec.pop("name") == "decontaminate" and spec.pop("mode") == "drop"
     DecontaminateParams(**spec)
+
+
+def test_bfcl_shipped_as_a_benchmark_catches_its_requests_reworded():
+    from distill.prompts import bfcl
+
+    try:
+        bfcl.data_dir()
+    except ValueError:
+        pytest.skip("needs the bfcl-eval package (scripts/install.sh installs it)")
+    p = DecontaminateParams.model_validate({"benchmarks": [{"name": "bfcl", "shipped": "bfcl"}], "include_eval": False})
+    request = bfcl.tests("simple_python")[0]["question"][0][-1]["content"]
+    reworded = "Hey assistant, " + request.replace("Find", "Please compute") + " Thanks!"
+    got = run(rows_of([request, reworded, "Book a table for two at Luigi's tonight at eight."]), p, ".")
+    assert [v.flagged for v in got] == [True, True, False]
+    assert got[0].category == "bfcl"

@@ -67,10 +67,12 @@ def verdict(completion, reference, **params):
         (json.dumps({"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}), ref(expected=[PARIS]), 1.0),
         # A ```python block is skipped, the ```json one read.
         (f"```python\nprint(1)\n```\n```json\n{json.dumps(PARIS)}\n```", ref(expected=[PARIS]), 1.0),
-        # Argument and key order do not matter; 3 and 3.0 are the same JSON number.
+        # Argument and key order do not matter; 3 and 3.0 are the same JSON number, but a tool
+        # declaring an integer gets a float from 3.0 (as a Python caller and BFCL read it).
         ('<tool_call>{"arguments": {"days": 3, "city": "Paris"}, "name": "get_weather"}</tool_call>',
          ref(expected=[PARIS]), 1.0),
-        (hermes({"name": "get_weather", "arguments": {"city": "Paris", "days": 3.0}}), ref(expected=[PARIS]), 1.0),
+        (hermes({"name": "get_weather", "arguments": {"city": "Paris", "days": 3.0}}), ref(None, expected=[PARIS]), 1.0),
+        (hermes({"name": "get_weather", "arguments": {"city": "Paris", "days": 3.0}}), ref(expected=[PARIS]), 0.0),
         # Several calls, in any order; partial credit for the fraction matched.
         (hermes(UTC, PARIS), ref(expected=[PARIS, UTC]), 1.0),
         (json.dumps(openai(ROME, PARIS)), ref(expected=[PARIS, ROME]), 1.0),
@@ -152,7 +154,7 @@ def test_tool_call_table(completion, reference, expected):
         (hermes(PARIS), ref(expected=[PARIS]), "1/1 expected calls matched"),
         (hermes(PARIS), None, "no reference"),
         (hermes(PARIS), "{}", "reference has neither tools nor expected calls"),
-        (hermes(PARIS), json.dumps({"expect": []}), "reference has unknown key(s) 'expect'; allowed: tools, expected"),
+        (hermes(PARIS), json.dumps({"expect": []}), "reference has unknown key(s) 'expect'; allowed: tools, expected, ground_truth"),
         (hermes(PARIS), ref(expected=[]), "1 tool call(s), expected none"),
     ],
 )
@@ -195,3 +197,72 @@ def test_tool_call_registered_with_params():
         ToolCallParams(formats=["xml"])
     with pytest.raises(ValidationError):
         ToolCallParams(formats=[])
+
+
+# BFCL's ground-truth form: {function: {argument: [acceptable values]}}, "" = may be left out.
+AREA_TOOLS = [{"type": "function", "function": {"name": "area", "parameters": {
+    "type": "object", "properties": {"base": {"type": "integer"}, "unit": {"type": "string", "enum": ["cm", "m"]},
+                                     "scale": {"type": "number"}, "tags": {"type": "array", "items": {"type": "string"}},
+                                     "opts": {"type": "object"}},
+    "required": ["base"]}}}]
+AREA_TRUTH = [{"area": {"base": [10], "unit": ["cm", "centimetres", ""], "scale": [1.5, ""],
+                        "tags": [["Red Sea", "x"], ""], "opts": [{"mode": ["fast", "quick"], "depth": [2, ""]}, ""]}}]
+
+
+@pytest.mark.parametrize(
+    "arguments, score, reason",
+    [
+        ({"base": 10}, 1.0, None),
+        ({"base": 10, "unit": "cm", "scale": 1.5}, 1.0, None),
+        ({"base": 10, "unit": "CENTIMETRES"}, 1.0, None),  # case is normalised; the ground truth overrides the enum
+        ({"base": 10, "tags": ["red sea", "X"]}, 1.0, None),  # lists item by item, strings normalised
+        ({"base": 10, "tags": ["redsea", "x"]}, 1.0, None),  # spaces are ignored, as BFCL does
+        ({"base": 10, "opts": {"mode": "Quick"}}, 1.0, None),  # objects key by key; "depth" may be left out
+        ({"base": 10, "opts": {"mode": "fast", "depth": 3}}, 0.0, "argument 'opts' is"),
+        ({"base": 10, "opts": {"mode": "fast", "other": 1}}, 0.0, "argument 'opts' is"),
+        ({"base": 10, "tags": ["x", "red sea"]}, 0.0, "argument 'tags' is"),
+        ({"base": 10, "scale": 2}, 0.0, "argument 'scale' is 2, expected one of [1.5]"),
+        ({"base": 10.0}, 0.0, "argument 'base' should be integer, got number 10.0"),
+        ({"base": 11}, 0.0, "argument 'base' is 11, expected one of [10]"),
+        ({"unit": "cm"}, 0.0, "argument 'base' missing"),
+        ({"base": 10, "unit": "mm"}, 0.0, "'mm' is not one of ['cm', 'm']"),  # neither acceptable nor in the enum
+        ({"base": 10, "colour": "red"}, 0.0, "unexpected argument 'colour'"),
+    ],
+)
+def test_ground_truth_is_judged_by_bfcl_rules(arguments, score, reason):
+    completion = hermes({"name": "area", "arguments": arguments})
+    ctx = VerifyContext(questions=[None], finish_reasons=[None], tools=[AREA_TOOLS])
+    (v,) = verify_tool_call([completion], [json.dumps({"ground_truth": AREA_TRUTH})], ToolCallParams(), ctx)
+    assert v.score == score, v.reason
+    if reason:
+        assert reason in v.reason
+
+
+def test_ground_truth_parallel_calls_match_in_any_order_and_count_exactly():
+    truth = [{"area": {"base": [1]}}, {"area": {"base": [2]}}]
+    ctx = VerifyContext(questions=[None] * 3, finish_reasons=[None] * 3, tools=[AREA_TOOLS] * 3)
+    two = hermes({"name": "area", "arguments": {"base": 2}}, {"name": "area", "arguments": {"base": 1}})
+    one = hermes({"name": "area", "arguments": {"base": 2}})
+    three = two + "\n" + one
+    got = verify_tool_call([two, one, three], [json.dumps({"ground_truth": truth})] * 3, ToolCallParams(), ctx)
+    assert [v.score for v in got] == [1.0, 0.5, 0.0]
+
+
+def test_empty_ground_truth_means_no_call_and_malformed_ground_truth_is_no_verdict():
+    ctx = VerifyContext.blank(4)
+    refs = [json.dumps({"ground_truth": []})] * 2 + [json.dumps({"ground_truth": {"area": {}}}),
+                                                     json.dumps({"ground_truth": [{"area": {"base": 10}}]})]
+    got = verify_tool_call(["No tool fits.", hermes({"name": "area", "arguments": {"base": 1}}), "x", "y"],
+                           refs, ToolCallParams(), ctx)
+    assert [v.score for v in got] == [1.0, 0.0, None, None]
+    assert "must be a list" in got[2].reason and "list of acceptable values" in got[3].reason
+
+
+def test_the_tools_the_prompt_was_sent_with_check_calls_when_the_reference_has_none():
+    reference = json.dumps({"expected": [{"name": "area", "arguments": {"base": 10.0}}]})
+    completion = hermes({"name": "area", "arguments": {"base": 10.0}})
+    without = verify_tool_call([completion], [reference], ToolCallParams(), VerifyContext.blank(1))
+    with_tools = verify_tool_call([completion], [reference], ToolCallParams(),
+                                  VerifyContext(questions=[None], finish_reasons=[None], tools=[AREA_TOOLS]))
+    assert without[0].score == 1.0
+    assert with_tools[0].score == 0.0 and "should be integer" in with_tools[0].reason
