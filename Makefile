@@ -1,8 +1,9 @@
 # The two commands a new user runs on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
 DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
+DEMO_AGENT ?= recipes/agent/smollm2-135m-tool-calls.yaml
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-agent test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -12,6 +13,9 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh constraints-cpu.txt
 
 demo: install
 	$(VENV)/bin/distill run $(DEMO)
+
+demo-agent: install
+	$(VENV)/bin/distill run $(DEMO_AGENT)
 
 test: install
 	$(VENV)/bin/pytest

@@ -20,7 +20,7 @@ def render_table(rows: list[dict], title: str | None = None):
         version = r["version"] or ""
         short = version[:12] + "…" if re.fullmatch(r"[0-9a-f]{17,}", version) else version
         table.add_row("  " * r["depth"] + r["kind"], r["name"], short,
-                      r["licence"] or "", r["run_id"] or "", r["relation"] or "", r["via"] or "")
+                      r["licence"] or "", r["run_id"] or "", " + ".join(filter(None, [r["relation"], *r.get("also", [])])), r["via"] or "")
     return table
 
 

@@ -46,6 +46,7 @@ def _walk(store: Store, kind: str, key: str, down: bool) -> Lineage:
         if not roots:
             return Lineage([], _hint(store, conn, kind, key))
         seen = {a["id"]: (0, None, None) for a in roots}  # id -> (depth, via id, relation)
+        also: dict[str, set[str]] = {}  # id -> the other relations it is reached by
         frontier, depth = list(seen), 0
         near, far = (edges.c.parent, edges.c.child) if down else (edges.c.child, edges.c.parent)
         while frontier:
@@ -56,8 +57,10 @@ def _walk(store: Store, kind: str, key: str, down: bool) -> Lineage:
                 if other not in seen:
                     seen[other] = (depth, via, relation)
                     frontier.append(other)
+                elif relation != seen[other][2]:  # reached again another way: a set both trained and evaluated on
+                    also.setdefault(other, set()).add(relation)
         everything = {r.id: r._asdict() for r in conn.execute(select(artifacts).where(artifacts.c.id.in_(list(seen))))}
-    rows = [_row(everything, seen, id_) for id_ in seen]
+    rows = [_row(everything, seen, id_) | {"also": sorted(also.get(id_, ()))} for id_ in seen]
     rows.sort(key=lambda r: (r["depth"], KINDS.index(r["kind"]), r["name"].lower(), r["version"] or ""))
     hint = f"{len(roots)} {kind}s match {key!r}; rows for all of them" if len(roots) > 1 else None
     return Lineage(rows, hint)

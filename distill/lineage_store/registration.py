@@ -103,6 +103,12 @@ def read_run_dir(run_dir: Path) -> _Batch:
         b.link(model, "produced-by", run)
         for governing in terms.get("governed_by") or [licence]:  # the licence ids whose terms bind the weights
             b.licence(model, governing)
+        if evaluation:
+            for p in _eval_sources(files):  # the held-out sets the scores come from (bfcl, tool-tasks, ...)
+                pid = b.add(_id("prompt_source", p["source"], p["source_licence"]), "prompt_source", p["source"], None,
+                            p["source_licence"])
+                b.licence(pid, p["source_licence"])
+                b.link(model, "evaluated-on", pid)
     return b
 
 
@@ -114,6 +120,14 @@ def _student_terms(files: RunDir, lin: dict) -> dict:
     if not decision.get("student_licence"):
         return {}
     return decision["student_licence"] | {k: decision.get(k) for k in ("non_commercial", "name_prefix")}
+
+
+def _eval_sources(files: RunDir) -> list[dict]:
+    """The distinct (source, source_licence) of the held-out prompts; [] when none were written."""
+    if not files.prompts("eval").is_file():
+        return []
+    found = {(p["source"], p["source_licence"]) for p in files.read_prompts("eval")}
+    return [{"source": s, "source_licence": lic} for s, lic in sorted(found)]
 
 
 def _samples(files: RunDir):

@@ -18,7 +18,7 @@ ENV_URL = "DISTILL_LINEAGE_URL"
 KINDS = ("run", "licence", "teacher", "base_model", "prompt_source", "samples", "dataset", "model")
 # An edge reads "child RELATION parent".
 RELATIONS = ("sampled-from", "prompts-from", "built-from", "trained-on", "fine-tuned-from", "licensed-under",
-             "produced-by")
+             "produced-by", "evaluated-on")
 
 metadata = MetaData()
 artifacts = Table(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from distill.lineage import dataset_name
 from distill.run import RunDir
+from distill.stages.dataset import tool_use_lines
 
 NAME = "card"
 NEEDS_STUDENT = True
@@ -20,6 +21,10 @@ HUB_LICENCES = {
     "apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail", "llama2",
     "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "odc-by", "other",
 }
+
+
+# Prompt sources that are published benchmarks, not generators or the user's own data.
+EXTERNAL_BENCHMARKS = {"bfcl"}
 
 
 def run(ctx) -> dict:
@@ -127,7 +132,7 @@ def model_card(run_dir: Path) -> str:
         base_model=lin["base_model"]["model"],
         base_model_relation="finetune",
         datasets=[lin["dataset"]["name"]],
-        tags=["distillation", "synthetic-data", "distill", "trl", "sft"],
+        tags=["distillation", "synthetic-data", "distill", "trl", "sft"] + (["tool-calling"] if info["manifest"].get("tool_use") else []),
         library_name="transformers",
         pipeline_tag="text-generation",
         eval_results=results or None,
@@ -229,6 +234,7 @@ and the base model was fine-tuned on them with supervised fine-tuning (TRL `SFTT
 3. Training: {t['method']} fine-tuning, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
    {recipe['train']['learning_rate']}, loss on the completion only; final training loss {t['train_loss']:.4f}.
 
+{tool_use_lines(m.get("tool_use"), "Tools and formats it was trained for")}
 ## Evaluation against the teacher
 
 {eval_text}
@@ -245,8 +251,17 @@ Obligations:
 - Trained for one narrow task ({recipe['name']}); outside it the student is no better than its base model, often worse.
 - It learned only from answers its verifiers accepted: whatever they cannot check (reasoning quality, style,
   safety) was not selected for.
-- The evaluation uses held-out prompts from the same generator as the training prompts, not an external benchmark.
+- {_eval_scope(ev)}
 """
+
+
+def _eval_scope(ev: dict | None) -> str:
+    """What the held-out prompts are: the training sources' own, or also an external benchmark."""
+    external = sorted({g.split("/")[0] for g in (ev or {}).get("groups", {}) if g.split("/")[0] in EXTERNAL_BENCHMARKS})
+    if external:
+        return (f"The evaluation includes an external benchmark ({', '.join(external)}; by category above) beside "
+                "held-out prompts from the training sources.")
+    return "The evaluation uses held-out prompts from the same sources as the training prompts, not an external benchmark."
 
 
 def write_card(run_dir: Path) -> Path:

@@ -97,6 +97,8 @@ def build_dataset(run) -> dict:
         "teachers": _teachers(samples),
         "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
     }
+    if tool_use := tool_use_summary(rows, samples, run.recipe):
+        manifest["tool_use"] = tool_use
     if skipped := skipped_rows(run.recipe):  # bad prompt rows left out at load (prompts.bad_rows: skip)
         manifest["bad_prompt_rows_skipped"] = skipped
     files.write_json(files.manifest, manifest)
@@ -123,6 +125,49 @@ def assistant_turn(text: str, with_tools: bool) -> dict:
             "tool_calls": [{"id": f"call_{i}", "type": "function",
                             "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
                            for i, (name, args, _) in enumerate(calls)]}
+
+
+def tool_use_summary(rows: list[dict], samples: list[dict], recipe) -> dict | None:
+    """What the data teaches about tools: which tools the kept rows offer (and how many rows call
+    each), how many rows answer with calls and how many with none, and the chat templates that
+    write the calls (the teacher's, from its samples, and the student's); None without tools."""
+    with_tools = [r for r in rows if r["tools"]]
+    if not with_tools:
+        return None
+    offered, called = Counter(), Counter()
+    for r in with_tools:
+        offered.update({(t.get("function") or t).get("name", "?") for t in json.loads(r["tools"])})
+        called.update({c["function"]["name"] for c in r["completion"][0].get("tool_calls") or []})
+    kept = {r["sample_id"] for r in with_tools}
+    teacher_templates = sorted({s["chat_template"] or "the model's own" for s in samples if s["sample_id"] in kept})
+    return {
+        "rows_with_tools": len(with_tools),
+        "rows_with_calls": sum(bool(r["completion"][0].get("tool_calls")) for r in with_tools),
+        "rows_without_a_call": sum(not r["completion"][0].get("tool_calls") for r in with_tools),
+        "tools": {name: {"offered": n, "called": called.get(name, 0)} for name, n in sorted(offered.items())},
+        "teacher_templates": teacher_templates,
+        "student_template": recipe.student.template if recipe.student and recipe.student.template else "the base model's own",
+        "call_format": "OpenAI tool_calls (function name, arguments as a JSON object); the student's chat template "
+                       "writes them out",
+    }
+
+
+def tool_use_lines(tool_use: dict | None, heading: str) -> str:
+    """The markdown section on tools and formats, shared by the dataset and model cards."""
+    if not tool_use:
+        return ""
+    tools = "\n".join(f"| `{name}` | {t['offered']} | {t['called']} |" for name, t in tool_use["tools"].items())
+    return f"""
+## {heading}
+
+{tool_use['rows_with_tools']} rows offer tools: {tool_use['rows_with_calls']} answer with tool calls,
+{tool_use['rows_without_a_call']} with no call (no offered tool fits). Calls are stored as {tool_use['call_format']}.
+Teacher's chat template: {', '.join(tool_use['teacher_templates'])}; student's: {tool_use['student_template']}.
+
+| tool | rows offering it | rows calling it |
+|---|---|---|
+{tools}
+"""
 
 
 def content_hash(rows: list[dict]) -> str:
@@ -198,6 +243,7 @@ recipe with hash `{manifest['recipe_hash']}` (run `{manifest['run_id']}`).
 |---|---|---|---|
 {verifier_lines}
 
+{tool_use_lines(manifest.get("tool_use"), "Tools and formats")}
 ## Filters
 
 {_filter_lines(manifest["filters"])}

@@ -112,10 +112,13 @@ def test_ancestry_of_a_student_names_every_source_with_its_relation(ctx):
         ("run", "student-unit", "produced-by"),
         ("samples", a["samples"], "built-from"),
         ("teacher", "tiny-random", "sampled-from"),
-        ("prompt_source", "arithmetic", "prompts-from"),
+        ("prompt_source", "arithmetic", "evaluated-on"),  # the held-out prompts: the nearest relation
     }
     rows = ancestry(ctx["store"], "tiny-student")
     assert {(r["kind"], r["name"], r["relation"]) for r in rows} == expected
+    # The same generator gave the training prompts too: that relation is kept beside it.
+    assert next(r for r in rows if r["kind"] == "prompt_source")["also"] == ["prompts-from"]
+    assert all(r["also"] == [] for r in rows if r["kind"] != "prompt_source")
     assert {r["kind"]: r["depth"] for r in rows}["teacher"] == 3  # model <- dataset <- samples <- teacher
     by_hash = ancestry(ctx["store"], a["weights"][:12])
     assert [r["id"] for r in by_hash] == [r["id"] for r in rows]

@@ -124,7 +124,7 @@ def test_validate_cli_ok(tmp_path):
         pytest.param(VALID.replace("    - source: arithmetic\n      count: 5\n", "    - source: jsonl\n      path: recipe.yaml\n"),
                      "prompts.train[0].licence", ["required key is missing"], id="file-source-without-licence"),
         pytest.param(VALID.replace("source: arithmetic", "source: csv"), "prompts.train[0].source",
-                     ["unknown prompt source 'csv'", "registered: arithmetic, hf-disk, jsonl, parquet"], id="unknown-source"),
+                     ["unknown prompt source 'csv'", "registered: arithmetic, bfcl, hf-disk, jsonl, parquet, tool-tasks"], id="unknown-source"),
         pytest.param(VALID + "cluster:\n  replicas: 2\n  wait_for_replicas_s: 0\n", "cluster.wait_for_replicas_s",
                      ["0", "greater than 0"], id="zero-replica-wait"),
         pytest.param("name: x\n  teacher: [\n", "(file)", ["not valid YAML", "line 2"], id="yaml-syntax-error"),

@@ -169,3 +169,31 @@ def test_evaluation_scores_each_held_out_category(agent_run):
     index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
     per_set = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in index if r["dataset"]["name"].startswith("jsonl:")}
     assert per_set == {"jsonl:eval.jsonl/single": 1.0, "jsonl:eval.jsonl/no_call": 1.0}
+
+
+def test_the_manifest_and_both_cards_say_which_tools_and_formats_were_trained(agent_run):
+    run, _ = agent_run
+    tool_use = json.loads(run.files.manifest.read_text())["tool_use"]
+    assert tool_use["rows_with_tools"] == 6
+    assert (tool_use["rows_with_calls"], tool_use["rows_without_a_call"]) == (5, 1)  # the joke calls nothing
+    assert tool_use["tools"] == {"get_time": {"offered": 6, "called": 0}, "get_weather": {"offered": 6, "called": 5}}
+    assert tool_use["teacher_templates"] == ["hermes@test"] and tool_use["student_template"] == "hermes"
+    for card in (run.files.dataset_card.read_text(), (run.files.student_dir / "README.md").read_text()):
+        assert "Tools and formats" in card
+        assert "| `get_weather` | 6 | 5 |" in card and "| `get_time` | 6 | 0 |" in card
+        assert "Teacher's chat template: hermes@test; student's: hermes." in card
+    model_card = (run.files.student_dir / "README.md").read_text()
+    assert "tool-calling" in yaml.safe_load(model_card.split("---")[1])["tags"]
+
+
+def test_the_lineage_store_lists_the_held_out_sets_the_student_was_evaluated_on(agent_run, tmp_path):
+    from distill.lineage_store import ancestry, descendants, open_store, register_run
+
+    run, _ = agent_run
+    store = open_store(f"sqlite:///{tmp_path / 'lineage.sqlite'}")
+    register_run(store, run.dir)
+    rows = {(r["kind"], r["name"], r["relation"]) for r in ancestry(store, "tiny-agent")}
+    assert ("prompt_source", "jsonl:eval.jsonl", "evaluated-on") in rows
+    assert ("prompt_source", "jsonl:train.jsonl", "prompts-from") in rows
+    # and from the held-out set down: the model scored on it
+    assert {r["name"] for r in descendants(store, "prompt_source", "jsonl:eval.jsonl") if r["kind"] == "model"} == {"tiny-agent"}
