@@ -11,11 +11,11 @@ VENV=${VENV:-.venv}
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
 if [ "${DISTILL_GPU:-0}" = 1 ]; then
-  pip install -e ".[gpu,dev]"
+  pip install -e ".[gpu,dev,ner]"
 else
   # The CPU torch: local find-links where present, else the PyTorch CPU index.
   pip install "torch==2.13.0+cpu" || pip install "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
-  pip install -e ".[cpu,dev]" -c constraints-cpu.txt
+  pip install -e ".[cpu,dev,ner]" -c constraints-cpu.txt
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   # DeepSpeed ships as source; built against the torch above (no build isolation, which
   # would fetch another torch), with no compiled ops: here it only checks ZeRO configs.

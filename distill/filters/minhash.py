@@ -100,3 +100,20 @@ def earliest_of_cluster(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if rx != ry:  # the smaller index becomes the root: the root is the earliest row
             parent[max(rx, ry)] = min(rx, ry)
     return np.array([find(x) for x in range(n)], dtype=np.int64)
+
+
+def near_duplicate_roots(sig: np.ndarray, threshold: float) -> np.ndarray:
+    """For each row, the earliest row of its near-duplicate cluster (itself when it has none),
+    all in memory: for sets small enough not to need Ray (a log import's new calls and the
+    store's signatures)."""
+    n = len(sig)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    bands, rows = lsh_bands(threshold, sig.shape[1])
+    has_words = np.flatnonzero(sig[:, 0] != NO_WORDS)
+    keys = band_keys(sig[has_words], bands, rows).reshape(-1)
+    lo, hi = bucket_pairs(keys, np.repeat(has_words, bands))
+    code = np.unique(lo * n + hi)  # a pair found in several bands counts once
+    lo, hi = code // n, code % n
+    similar = jaccard(sig, lo, hi) >= threshold
+    return earliest_of_cluster(n, lo[similar], hi[similar])

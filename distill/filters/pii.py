@@ -77,7 +77,8 @@ class Finding:
     allowed: bool
 
 
-def _luhn(digits: str) -> bool:
+def luhn(digits: str) -> bool:
+    """The Luhn checksum (payment cards, and some national ids) holds for these digits."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch) * (2 if i % 2 else 1)
@@ -97,7 +98,7 @@ def _passes(pattern: Pattern, text: str) -> bool:
     if pattern.check == "phone":
         return not re.fullmatch(r"\+?[0-9]+\.[0-9]+", text)  # +1.000001234567 is a decimal
     if pattern.check == "luhn":
-        return len(set(digits)) > 1 and _luhn(digits)  # all zeros passes Luhn but is no card
+        return len(set(digits)) > 1 and luhn(digits)  # all zeros passes Luhn but is no card
     if pattern.check == "ipv4":
         try:
             ipaddress.IPv4Address(text)  # also rejects leading zeros (01.02.03.04), octal to some parsers

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from support.progress import CountingBar
 from distill.filters import FILTERS, FilterContext
 from distill.filters.dedup import ExactDedupParams, NearDedupParams, exact_dedup, near_dedup
-from distill.filters.minhash import bucket_pairs, earliest_of_cluster, lsh_bands, minhash_signatures, permutations
+from distill.filters.minhash import (bucket_pairs, earliest_of_cluster, lsh_bands, minhash_signatures,
+                                    near_duplicate_roots, permutations)
 from distill.filters.ngrams import ngram_hashes, text_words
 from distill.recipe import RecipeLoader
 
@@ -103,6 +104,17 @@ def test_signatures_estimate_jaccard(changes):
     a, b = permutations(256, seed=0)
     sig = minhash_signatures([" ".join(base), " ".join(other)], 5, a, b)
     assert abs((sig[0] == sig[1]).mean() - true) < 0.08  # about 3 standard errors at 256 permutations
+
+
+def test_near_duplicate_roots_in_memory():
+    rng = random.Random(7)
+    base, other = prose(rng, 150), prose(rng, 150)
+    texts = [" ".join(base), " ".join(other), "", " ".join(edit(base, 1, rng)), " ".join(edit(base, 60, rng)), ""]
+    a, b = permutations(128, seed=0)
+    roots = near_duplicate_roots(minhash_signatures(texts, 5, a, b), 0.8)
+    # one word changed joins the first text; sixty do not; texts without words match nothing, not even each other
+    assert roots.tolist() == [0, 1, 2, 0, 4, 5]
+    assert near_duplicate_roots(minhash_signatures(texts[:1], 5, a, b), 0.8).tolist() == [0]
 
 
 @pytest.mark.parametrize("threshold, num_perm", [(0.8, 128), (0.7, 128), (0.9, 64), (0.5, 256)])
