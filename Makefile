@@ -1,7 +1,7 @@
 # The two commands a new user runs on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
 DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
-DEMO_AGENT ?= recipes/agent/smollm2-135m-tool-calls.yaml
+DEMO_AGENT ?= recipes/agent/smollm2-135m-from-smollm2-135m.yaml
 
 .PHONY: install demo demo-agent test test-fast bench clean
 

@@ -67,6 +67,18 @@ def engine_kwargs(teacher: Teacher, overrides: dict[str, Any], seed: int) -> dic
     return kwargs
 
 
+def vllm_engine_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The engine arguments as vLLM takes them: a recipe writes nested configs as mappings
+    (recorded as such in lineage), and vLLM converts some of them but not
+    `structured_outputs_config`."""
+    out = dict(kwargs)
+    if isinstance(out.get("structured_outputs_config"), dict):
+        from vllm.config import StructuredOutputsConfig
+
+        out["structured_outputs_config"] = StructuredOutputsConfig(**out["structured_outputs_config"])
+    return out
+
+
 def cpu_engine_env() -> dict[str, str]:
     """Environment for a CPU engine: compute on every core of its node.
 
@@ -237,7 +249,7 @@ class VLLMRayBackend:
             requests = self.render(requests)
         config = vLLMEngineProcessorConfig(
             model_source=self.model_source or self.model,
-            engine_kwargs=self.kwargs,
+            engine_kwargs=vllm_engine_kwargs(self.kwargs),
             # (n, n): a fixed pool of n replicas. A bare n is a pool that starts with one and
             # scales up on Ray Data's own judgement; the recipe asked for n.
             concurrency=(self.replicas, self.replicas),

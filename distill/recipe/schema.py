@@ -113,6 +113,12 @@ class Sampling(Section):
                                                       "worker node cut short is followed by one for what is missing")
     extra: dict[str, Any] = Field({}, description="further vllm.SamplingParams fields, passed through unchanged "
                                                   "(checked against vLLM)")
+    constrained_calls: float | None = Field(
+        None, gt=0, le=1, description="share of each tool prompt's n samples decoded under a grammar that admits only "
+                                      "calls to the offered tools, arguments fitting each tool's JSON Schema (a JSON "
+                                      "list of {name, arguments}); the rest are free, so a prompt that needs no call "
+                                      "can still be answered. For a teacher that rarely writes a well-formed call; the "
+                                      "verifiers still judge every value, and evaluation is never constrained. none: off")
 
     @model_validator(mode="after")
     def _rounds_need_a_target(self):
@@ -340,7 +346,7 @@ class Recipe(Section):
 
 
 # Keys added after runs were made, by where they sit; unset (None) they leave a recipe's hash as it was.
-ADDED_UNSET = {("teacher", "template"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
+ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
                ("prompts", "eval", "*", "category_field")}

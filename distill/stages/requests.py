@@ -32,3 +32,26 @@ def request(recipe, prompt: dict, work_id: str, params: dict) -> dict:
     if prompt.get("tools"):
         row["tools"] = json.loads(prompt["tools"])
     return row
+
+
+def call_schema(tools: list[dict]) -> dict:
+    """The JSON Schema of a non-empty list of calls to these tools: {"name": one tool's name,
+    "arguments": fitting that tool's parameters}. A grammar built from it lets a decoder write
+    only well-formed calls to tools that exist; which tool and which values stay the model's choice."""
+    calls = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        calls.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                      "required": ["name", "arguments"], "additionalProperties": False})
+    return {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
+
+
+def constrained(recipe, prompt: dict, sample_index: int) -> bool:
+    """Whether this sample of the prompt is decoded under its call grammar: the first
+    round(share x n) indices of every round of n, for prompts with tools."""
+    share = recipe.sampling.constrained_calls
+    if not share or not prompt.get("tools"):
+        return False
+    n = recipe.sampling.n
+    return sample_index % n < max(1, round(share * n))

@@ -19,7 +19,7 @@ import pyarrow as pa
 from distill.lineage import sample_id, sample_seed
 from distill.run import RunDir
 from distill.stages import evaluate
-from distill.stages.requests import request, sampling_params
+from distill.stages.requests import call_schema, constrained, request, sampling_params
 from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
 
 NAME = "sample"
@@ -82,7 +82,13 @@ def plan_work(recipe, prompts: list[dict], done: set[str], round_: int = 0) -> l
             if work_id in done:
                 continue
             seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
-            work.append(request(recipe, p, work_id, sampling_params(recipe, seed)))
+            params = sampling_params(recipe, seed)
+            # vLLM's structured outputs (an HTTP server gets it as an extra field); the schema as JSON
+            # text, so every request row has the same column types. Compact JSON (no free whitespace
+            # between tokens) is an engine setting: structured_outputs_config.disable_any_whitespace.
+            if constrained(recipe, p, i):
+                params["structured_outputs"] = {"json": json.dumps(call_schema(json.loads(p["tools"])))}
+            work.append(request(recipe, p, work_id, params))
     return work
 
 

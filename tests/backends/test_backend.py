@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from distill.backends import vllm_ray
@@ -30,6 +32,18 @@ def test_teacher_defaults_then_recipe_overrides(cpu_only):
     kwargs = vllm_ray.engine_kwargs(teacher, {"max_model_len": 1024, "enforce_eager": False}, seed=3)
     assert kwargs["dtype"] == "bfloat16" and kwargs["seed"] == 3
     assert kwargs["max_model_len"] == 1024 and kwargs["enforce_eager"] is False  # the recipe wins
+
+
+def test_a_structured_outputs_config_mapping_reaches_vllm_as_its_config(cpu_only):
+    from vllm.config import StructuredOutputsConfig
+
+    overrides = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
+    kwargs = vllm_ray.engine_kwargs(load_teacher("smollm2-135m-instruct"), overrides, seed=0)
+    engine = vllm_ray.vllm_engine_kwargs(kwargs)
+    assert isinstance(engine["structured_outputs_config"], StructuredOutputsConfig)
+    assert engine["structured_outputs_config"].disable_any_whitespace is True
+    assert kwargs["structured_outputs_config"] == overrides["structured_outputs_config"]  # lineage keeps the mapping
+    json.dumps(kwargs)
 
 
 def test_cpu_defaults_avoid_the_known_vllm_cpu_traps(cpu_only):

@@ -197,3 +197,36 @@ def test_the_lineage_store_lists_the_held_out_sets_the_student_was_evaluated_on(
     assert ("prompt_source", "jsonl:train.jsonl", "prompts-from") in rows
     # and from the held-out set down: the model scored on it
     assert {r["name"] for r in descendants(store, "prompt_source", "jsonl:eval.jsonl") if r["kind"] == "model"} == {"tiny-agent"}
+
+
+def test_constrained_calls_put_a_share_of_each_tool_prompts_samples_under_its_call_grammar(tmp_path, tiny_model):
+    import jsonschema
+
+    from distill.recipe import load_recipe
+    from distill.stages.sample import plan_work
+
+    write_tiny_teacher(tmp_path / "tiny.yaml", tiny_model)
+    (tmp_path / "p.jsonl").write_text(json.dumps(_row("Rome")) + "\n")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "name": "constrained", "teacher": {"id": "tiny.yaml", "template": "hermes"},
+        "prompts": {"train": [{"source": "jsonl", "path": "p.jsonl", "messages_field": "messages", "tools_field": "tools",
+                               "answer_field": "reference", "licence": "apache-2.0"}]},
+        "sampling": {"n": 4, "constrained_calls": 0.5, "accepted_per_prompt": 1, "max_rounds": 2},
+        "verifiers": [{"name": "tool-call"}]}))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    tools_prompt = {"prompt_id": "t", "question": "Weather in Rome?", "tools": json.dumps([WEATHER, TIME]),
+                    "messages": json.dumps([{"role": "user", "content": "Weather in Rome?"}])}
+    plain_prompt = {"prompt_id": "q", "question": "What is 2 + 2?", "tools": None, "messages": None}
+    for round_ in (0, 1):
+        work = {w["work_id"]: w for w in plan_work(recipe, [tools_prompt, plain_prompt], set(), round_)}
+        graded = sorted(k for k, w in work.items() if "structured_outputs" in w["sampling_params"])
+        first = 4 * round_
+        assert graded == [f"t:{first}", f"t:{first + 1}"]  # half of each round of n, only where there are tools
+    schema = json.loads(work["t:4"]["sampling_params"]["structured_outputs"]["json"])
+    good = [{"name": "get_weather", "arguments": {"city": "Rome"}}]
+    jsonschema.validate(good, schema)
+    jsonschema.validate(good + [{"name": "get_time", "arguments": {"city": "Oslo"}}], schema)  # parallel calls
+    for bad in ([], [{"name": "get_news", "arguments": {}}], [{"name": "get_weather", "arguments": {}}],
+                [{"name": "get_weather", "arguments": {"city": 3}}], {"name": "get_weather", "arguments": {"city": "Rome"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
