@@ -1,8 +1,12 @@
-"""`distill usage import`: agent usage logs into a log store, redacted before anything is written."""
+"""`distill usage import | clusters | demo-logs`: agent usage logs into a log store (redacted before
+anything is written), the recurring tasks in it, and a seeded agent's logs to try them on."""
 
 from __future__ import annotations
 
-from typing import List
+import json
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from distill.cli.app import app, console, err
 from distill.cli.progress import LogBar, RichBar
 
-usage_app = typer.Typer(no_args_is_help=True, help="Agent usage logs: import them into a log store (redacted).")
+usage_app = typer.Typer(no_args_is_help=True, help="Agent usage logs: import them into a log store (redacted), "
+                                                    "cluster them into tasks.")
 app.add_typer(usage_app, name="usage")
 
 
@@ -50,3 +55,106 @@ def import_command(
     for line in summary.malformed_lines():
         err.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(summary.paragraph(), markup=False, highlight=False, soft_wrap=True)
+
+
+@usage_app.command("clusters")
+def clusters_command(
+    store: str = typer.Argument(..., metavar="STORE", help="a log store (distill usage import ... --to STORE)"),
+    key: str = typer.Option("workload_id", "--key", help="the tag calls are grouped by: workload_id, client_id, model, "
+                            "response_model, request_params.PATH (e.g. request_params.metadata.task), or none"),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="automatic clusters to make (default: chosen by silhouette)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON instead of a table"),
+    prices: Optional[str] = typer.Option(None, "--prices", metavar="FILE", help="a price table (USD per million input "
+                                         "and output tokens per model) instead of the shipped one"),
+):
+    """The recurring tasks of the store's calls: tagged calls by their tag, the rest clustered by
+    system prompt, tools, user turn and answer shape. The report is written into the store."""
+    from distill.usage.clusters import ClusterError, cluster_store
+    from distill.usage.prices import PriceError
+    from distill.usage.store import ASSIGNMENTS_FILE, CLUSTERS_FILE, StoreError
+
+    try:
+        report = cluster_store(store, None if key == "none" else key, k, prices).report
+    except (StoreError, ClusterError, PriceError) as e:
+        err.print(f"{e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    # Off a terminal (a file, a job log) the table gets room rather than the default 80 columns.
+    (console if console.is_terminal else Console(width=160)).print(_clusters_table(report))
+    console.print(_clusters_paragraph(report) + f" Written into {store} ({CLUSTERS_FILE}, {ASSIGNMENTS_FILE}).",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def _money(usd: float | None) -> str:
+    return "unknown" if usd is None else f"${usd:,.2f}" if usd >= 0.1 else f"${usd:.4f}"
+
+
+def _clusters_table(report: dict):
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for column in ("cluster", "task", "calls", "tokens", "tools", "model", "cost", "example"):
+        table.add_column(column, overflow="fold", max_width=60 if column == "example" else None)
+    for c in report["clusters"]:
+        tools = list(c["tools_called"]) or c["tools_offered"]
+        calls = f"{c['calls']} ({c['share_of_calls']:.0%})" + (f"\n{c['adopted']} untagged joined" if c["adopted"] else "")
+        example = c["examples"][0] if c["examples"] else ""
+        table.add_row(
+            c["id"] + ("" if c["label"] == c["id"] else f"\n{c['label']}"), c["task_type"], calls,
+            "-" if c["share_of_tokens"] is None else f"{c['share_of_tokens']:.0%}",
+            "\n".join(tools[:3] + ([f"+{len(tools) - 3} more"] if len(tools) > 3 else [])),
+            "\n".join(m["model"] for m in c["models"]),
+            "\n".join(_money(m["cost_usd"]) + ("" if m["priced_as"] else " (no price)") for m in c["models"]),
+            example[:100] + ("…" if len(example) > 100 else ""))
+    return table
+
+
+def _clusters_paragraph(report: dict) -> str:
+    auto = report["automatic"]
+    text = f"{report['calls']} calls in {len(report['clusters'])} clusters: "
+    text += (f"{report['tagged']} tagged by {report['key']}, " if report["key"] else "tags ignored, ")
+    text += f"{report['untagged']} untagged"
+    text += f" ({report['adopted']} of them joined a tagged workload). " if report["adopted"] else ". "
+    if auto:
+        how = (f"chosen by silhouette ({auto['silhouette']:.2f}) over {auto['k_range'][0]}..{auto['k_range'][1]}"
+               if auto["chosen_by"] == "silhouette" and auto["silhouette"] is not None else
+               "no split scored well: one task" if auto["chosen_by"] == "silhouette" else "fixed by --k")
+        text += f"Automatic clustering of all calls: {auto['clusters']} clusters, {how}. "
+    unknown = sorted({m for c in report["clusters"] for m in c["cost_unknown_for"]})
+    known = sum(c["cost_usd"] or 0 for c in report["clusters"])
+    text += f"Cost of the logged calls: {_money(report['cost_usd'])}" if report["cost_usd"] is not None else \
+        f"Cost: {_money(known)} for the priced models; unknown for {', '.join(unknown)} (not in {report['prices']})"
+    return text + "."
+
+
+@usage_app.command("demo-logs")
+def demo_logs_command(
+    out: Path = typer.Argument(..., metavar="OUT.jsonl", help="where to write the log"),
+    calls: int = typer.Option(3000, "--calls", min=1, help="log records to write"),
+    seed: int = typer.Option(0, "--seed"),
+    untagged: float = typer.Option(0.3, "--untagged", min=0.0, max=1.0, help="share of calls without workload_id"),
+):
+    """Write a seeded agent's logs (chat-completions JSONL): several workloads (tool routing,
+    extraction, classification, summaries), planted personal data, failures, retries and
+    duplicates. The true workload of every line goes to OUT.workloads.json, which the import
+    does not read."""
+    from distill.usage.synthetic import sidecar_path, write_demo_logs
+
+    try:
+        log = write_demo_logs(out, calls, seed, untagged)
+    except OSError as e:
+        err.print(f"{out}: cannot be written ({e}); give a path in a folder you can write to", markup=False,
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    counts = Counter(log.workloads)
+    bare = sum("workload_id" not in r for r in log.records)
+    console.print(
+        f"Wrote {len(log.records)} calls of {len(counts)} workloads ("
+        + ", ".join(f"{w}: {log.kinds[w]}, {n}" for w, n in counts.most_common())
+        + f") to {out}; {bare} without workload_id. The true workload of every line is in {sidecar_path(out)} "
+        f"(the import does not read it). Next: distill usage import {out} --to STORE; distill usage clusters STORE.",
+        markup=False, highlight=False, soft_wrap=True)

@@ -3,6 +3,8 @@ its layout.
 
     STORE/manifest.json               what the store holds: its parts and every import's summary
     STORE/calls/part-<hash>.parquet   calls, CALL_SCHEMA; a part is named by the ids it holds
+    STORE/clusters.json               the last task clustering's report (distill.usage.clusters)
+    STORE/clusters.parquet            its cluster of every call (call_id, cluster_id), CLUSTER_SCHEMA
 
 Parts are written first and the manifest last (each atomically), and only parts the manifest
 lists are read, so an import killed half way leaves the store as it was. A store in a bucket
@@ -61,6 +63,10 @@ CALL_SCHEMA = pa.schema([
 ])
 
 
+CLUSTER_SCHEMA = pa.schema([("call_id", pa.string()), ("cluster_id", pa.string())])
+CLUSTERS_FILE, ASSIGNMENTS_FILE = "clusters.json", "clusters.parquet"
+
+
 class StoreError(Exception):
     """The store cannot be read or written; the message says what, where and what to do."""
 
@@ -82,14 +88,17 @@ class UsageStore:
     manifest_path = property(lambda self: self.root / "manifest.json")
     calls_dir = property(lambda self: self.root / "calls")
     lock_path = property(lambda self: self.root / ".lock")  # hidden: never copied to a bucket
+    clusters_path = property(lambda self: self.root / CLUSTERS_FILE)
+    assignments_path = property(lambda self: self.root / ASSIGNMENTS_FILE)
 
     def part_path(self, name: str) -> Path:
         return self.calls_dir / name
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def open(cls, uri: str) -> UsageStore:
-        """The store at `uri`, made when the folder is new or empty; StoreError when it is not a store."""
+    def open(cls, uri: str, existing: bool = False) -> UsageStore:
+        """The store at `uri`, made when the folder is new or empty (unless `existing`: then it
+        must hold a store); StoreError when it is not a store."""
         uri = str(uri)
         mirror = None
         try:
@@ -107,6 +116,9 @@ class UsageStore:
         if root.is_dir() and not store.manifest_path.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
             raise StoreError(f"{uri}: holds files but no manifest.json, so it is not a usage store; "
                              "give a new or empty folder, or an existing store")
+        if existing and not store.manifest_path.exists():
+            raise StoreError(f"{uri}: no usage store here (no {store.manifest_path.name}); import logs into it first: "
+                             f"distill usage import FILE... --to {uri}")
         store.read_manifest()  # fails now, before any log is read, if it is unreadable
         return store
 
@@ -154,7 +166,25 @@ class UsageStore:
             np.empty((0, num_perm), np.uint32)
         return Index(ids, keys, sig)
 
+    def read_assignments(self) -> dict[str, str]:
+        """call_id -> cluster_id of the last clustering; empty when there was none or it cannot be read
+        (the ids it would keep stable are then derived anew)."""
+        if not self.assignments_path.exists():
+            return {}
+        try:
+            table = pq.read_table(self.assignments_path, schema=CLUSTER_SCHEMA)
+        except (OSError, pa.ArrowException):
+            return {}
+        return dict(zip(table.column("call_id").to_pylist(), table.column("cluster_id").to_pylist()))
+
     # -- writers (atomic) ---------------------------------------------------------------------
+    def write_clusters(self, report: dict, assignments: dict[str, str]) -> None:
+        """The clustering's report and every call's cluster; copied to the bucket of a remote store."""
+        table = pa.table({"call_id": list(assignments), "cluster_id": list(assignments.values())}, schema=CLUSTER_SCHEMA)
+        storage.write_parquet(self.assignments_path, table)
+        storage.write_json(self.clusters_path, report)
+        self._push("the clusters are", "run `distill usage clusters` again to copy them")
+
     def write_part(self, rows: list[dict]) -> dict:
         """One part of calls; returns its manifest entry."""
         name = f"part-{digest(sorted(r['call_id'] for r in rows))}.parquet"
@@ -169,13 +199,18 @@ class UsageStore:
         manifest["records"] = sum(p["records"] for p in manifest["parts"])
         manifest["imports"].append(record)
         storage.write_json(self.manifest_path, manifest)
-        if self.mirror is not None:
-            try:
-                self.mirror.push()
-            except Exception as e:  # noqa: BLE001 - the local copy holds the import; say where
-                raise StoreError(f"{self.uri}: the import is in the local copy {self.root} but could not be copied "
-                                 f"to the bucket ({e}); run the import again to copy it") from None
+        self._push("the import is", "run the import again to copy it")
         return manifest
+
+    def _push(self, what_is: str, fix: str) -> None:
+        """A store in a bucket: the local copy's new files copied to it."""
+        if self.mirror is None:
+            return
+        try:
+            self.mirror.push()
+        except Exception as e:  # noqa: BLE001 - the local copy holds the work; say where
+            raise StoreError(f"{self.uri}: {what_is} in the local copy {self.root} but could not be copied "
+                             f"to the bucket ({e}); {fix}") from None
 
     @contextmanager
     def locked(self):

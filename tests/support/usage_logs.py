@@ -230,3 +230,26 @@ HELD_OUT = [
     ("address", "Piazza Navona 45, Roma", "ci vediamo in {}"),
     ("address", "3-5 Harbour Lane, Dublin 2", "my address is {}"),
 ]
+
+
+class DemoStore:
+    """A demo agent's log (distill.usage.synthetic) imported into a store, with the true workload
+    of every stored call (by call_id), which the store itself does not know."""
+
+    def __init__(self, root: Path, calls: int, seed: int, untagged: float, log_name: str = "demo.jsonl"):
+        from distill.usage import UsageStore, import_logs
+        from distill.usage.synthetic import write_demo_logs
+
+        self.log_path = root / log_name
+        self.log = write_demo_logs(self.log_path, calls, seed, untagged)
+        self.store = str(root / "store")
+        self.summary = import_logs([str(self.log_path)], self.store, use_ner=False)  # rules only: fast, deterministic
+        rows = UsageStore.open(self.store).read_calls(["call_id", "source_line"]).to_pylist()
+        self.truth = {r["call_id"]: self.log.workloads[r["source_line"] - 1] for r in rows}
+
+
+def adjusted_rand(truth: dict[str, str], assignments: dict[str, str]) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    ids = sorted(truth)
+    return float(adjusted_rand_score([truth[i] for i in ids], [assignments[i] for i in ids]))
