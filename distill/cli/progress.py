@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Callable, TextIO
 
@@ -28,26 +29,57 @@ class RichBar:
 
 class LogBar:
     """The same interface as a bar, written as lines: one at the start, one at least every
-    `every` seconds while work advances, and one when the total is reached."""
+    `every` seconds until the total is reached (also while nothing advances: an engine starting,
+    a first batch still in the works), and one when it is reached. The latest bar started is the
+    one that keeps time; an earlier one left unfinished falls silent."""
+
+    _active: LogBar | None = None  # the bar whose heartbeat runs
 
     def __init__(self, label: str, every: float | None = None, out: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.label, self.out, self.clock = label, out, clock
+                 clock: Callable[[], float] = time.monotonic, heartbeat: bool = True):
+        self.label, self.out, self.clock, self.heartbeat = label, out, clock, heartbeat
         self.every = progress_seconds() if every is None else every
         self.total = self.done = self.first = 0
         self.started = self.last = 0.0
+        self._lock = threading.Lock()
 
     def start(self, total: int, completed: int = 0):
-        self.total, self.done, self.first = total, completed, completed
-        self.started = self.last = self.clock()
-        self._write(f"{self.label}: {completed}/{total}")
+        with self._lock:
+            self.total, self.done, self.first = total, completed, completed
+            self.started = self.last = self.clock()
+            self._write(f"{self.label}: {completed}/{total}")
+        LogBar._active = self
+        if self.heartbeat and not self.finished:
+            threading.Thread(target=self._beat, name=f"progress {self.label}", daemon=True).start()
 
     def advance(self, n: int):
-        self.done += n
-        now = self.clock()
-        if self.done >= self.total or now - self.last >= self.every:
+        with self._lock:
+            self.done += n
+            now = self.clock()
+            if self.done >= self.total or now - self.last >= self.every:
+                self.last = now
+                self._write(self.line(now))
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def tick(self) -> bool:
+        """Writes a line if none was written for `every` seconds and the work is not done."""
+        with self._lock:
+            now = self.clock()
+            if self.finished or now - self.last < self.every:
+                return False
             self.last = now
             self._write(self.line(now))
+            return True
+
+    def _beat(self):
+        started = self.started
+        while LogBar._active is self and self.started == started and not self.finished:
+            time.sleep(min(1.0, self.every / 4))
+            if LogBar._active is self and self.started == started:
+                self.tick()
 
     def line(self, now: float) -> str:
         elapsed = now - self.started

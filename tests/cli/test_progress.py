@@ -25,7 +25,7 @@ class Clock:
 
 def test_a_line_at_the_start_every_interval_and_at_the_end():
     out, clock = io.StringIO(), Clock()
-    bar = LogBar("sampling", every=30, out=out, clock=clock)
+    bar = LogBar("sampling", every=30, out=out, clock=clock, heartbeat=False)
     bar.start(total=100)
     clock.now += 10
     bar.advance(10)  # within the interval: no line
@@ -42,11 +42,35 @@ def test_a_line_at_the_start_every_interval_and_at_the_end():
 
 def test_a_resumed_bar_counts_its_rate_from_what_it_did():
     out, clock = io.StringIO(), Clock()
-    bar = LogBar("training", every=5, out=out, clock=clock)
+    bar = LogBar("training", every=5, out=out, clock=clock, heartbeat=False)
     bar.start(total=50, completed=40)
     clock.now += 10
     bar.advance(5)
     assert out.getvalue().splitlines()[-1] == "training: 45/50 (90%), 0.50/s, 0:10 elapsed, about 0:10 left"
+
+
+def test_a_line_comes_every_interval_while_nothing_advances_and_stops_when_another_bar_starts():
+    import time
+
+    out = io.StringIO()
+    first = LogBar("sampling", every=0.2, out=out)
+    first.start(total=10)
+    time.sleep(0.9)  # an engine starting: no batch back yet
+    waiting = [line for line in out.getvalue().splitlines() if line.startswith("sampling: 0/10 (0%)")]
+    assert len(waiting) >= 2, out.getvalue()
+    assert "elapsed" in waiting[0] and "left" not in waiting[0]  # no rate yet, so no estimate
+    second = LogBar("training", every=0.2, out=out)
+    second.start(total=3)
+    time.sleep(0.1)
+    before = out.getvalue().count("sampling:")
+    time.sleep(0.6)
+    assert out.getvalue().count("sampling:") == before  # the abandoned bar fell silent
+    assert out.getvalue().count("training:") >= 3
+    second.advance(3)
+    time.sleep(0.1)
+    after = out.getvalue().count("training:")
+    time.sleep(0.5)
+    assert out.getvalue().count("training:") == after  # done: no more lines
 
 
 def test_the_interval_comes_from_the_environment(monkeypatch):
