@@ -1,5 +1,6 @@
-"""`distill usage import | clusters | demo-logs`: agent usage logs into a log store (redacted before
-anything is written), the recurring tasks in it, and a seeded agent's logs to try them on."""
+"""`distill usage import | clusters | plan | demo-logs`: agent usage logs into a log store (redacted
+before anything is written), the recurring tasks in it, a recipe for each worth converting, and a
+seeded agent's logs to try them on."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from distill.cli.app import app, console, err
 from distill.cli.progress import LogBar, RichBar
 
 usage_app = typer.Typer(no_args_is_help=True, help="Agent usage logs: import them into a log store (redacted), "
-                                                    "cluster them into tasks.")
+                                                    "cluster them into tasks, plan a recipe per task.")
 app.add_typer(usage_app, name="usage")
 
 
@@ -129,6 +130,76 @@ def _clusters_paragraph(report: dict) -> str:
     text += f"Cost of the logged calls: {_money(report['cost_usd'])}" if report["cost_usd"] is not None else \
         f"Cost: {_money(known)} for the priced models; unknown for {', '.join(unknown)} (not in {report['prices']})"
     return text + "."
+
+
+@usage_app.command("plan")
+def plan_command(
+    store: str = typer.Argument(..., metavar="STORE", help="a log store (distill usage import ... --to STORE)"),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="where the recipes, their prompt files and plan.json go"),
+    min_calls: int = typer.Option(50, "--min-calls", help="usable calls (answered, not failed, not duplicates) a "
+                                  "cluster needs"),
+    heldout: float = typer.Option(0.1, "--heldout", help="share of each cluster's calls held out for evaluation"),
+    split: str = typer.Option("time", "--split", help="time: the latest calls are held out; random: a seeded sample"),
+    seed: int = typer.Option(0, "--seed", help="the random split's seed"),
+    teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", metavar="ID", help="the teacher entry that "
+                                "relabels the logged requests"),
+    student: Optional[str] = typer.Option(None, "--student", metavar="ID", help="the student base (default: the "
+                                          "first shipped base that fits the task)"),
+    judge: Optional[str] = typer.Option(None, "--judge", metavar="ID", help="the judge's teacher entry for "
+                                        "text answers (default: the logged model's entry, else the teacher)"),
+    logged_licence: List[str] = typer.Option([], "--logged-licence", metavar="[MODEL=]LICENCE", help="the licence "
+                                             "of a logged model's outputs (MODEL may be a pattern), or of every "
+                                             "model the shipped table does not know"),
+    key: str = typer.Option("workload_id", "--key", help="the tag a clustering groups by, when the store has none"),
+    as_json: bool = typer.Option(False, "--json", help="print plan.json instead of a table"),
+):
+    """Which task clusters are worth a small model, and a runnable recipe for each one that is:
+    the cluster's calls as prompt files (train and held-out), a teacher that relabels them, the
+    verifier against the logged answers, a student base; licences checked as `distill licence`
+    does. Every cluster's decision and why go to DIR/plan.json."""
+    from distill.usage.clusters import ClusterError
+    from distill.usage.plan import PlanError, Settings, plan_store
+    from distill.usage.store import StoreError
+
+    settings = Settings(min_calls=min_calls, heldout=heldout, split=split, seed=seed, teacher=teacher,
+                        student=student, judge=judge, logged_licence=list(logged_licence),
+                        key=None if key == "none" else key)
+    try:
+        plan = plan_store(store, out, settings)
+    except (StoreError, PlanError, ClusterError) as e:
+        err.print(f"{e}", markup=False, highlight=False, soft_wrap=True)
+        err.print("no plan was written", highlight=False)
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(plan, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    (console if console.is_terminal else Console(width=160)).print(_plan_table(plan))
+    chosen = [c for c in plan["clusters"] if c["chosen"]]
+    console.print(f"{len(chosen)} of {len(plan['clusters'])} clusters chosen"
+                  + (" (clustered now)" if plan["clustered_now"] else "") + f"; the plan is in {out / 'plan.json'}. "
+                  + ("Next: " + "; ".join(f"distill run {out / c['recipe']}" for c in chosen) if chosen else
+                     "Nothing to convert: see why above."), markup=False, highlight=False, soft_wrap=True)
+
+
+def _plan_table(plan: dict):
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for column in ("cluster", "task", "calls", "logged model", "decision", "why / what was written"):
+        table.add_column(column, overflow="fold", max_width=70 if column.startswith("why") else None)
+    for c in plan["clusters"]:
+        models = "\n".join(f"{m['model']}: {m['licence'] or 'unknown'}" for m in c["logged_models"])
+        if c["chosen"]:
+            why = (f"{c['recipe']}\n{c['train']} train, {c['heldout']} held out ({c['split']}); {c['verifier']}; "
+                   f"student {c['student']}; licence {c['licence']['verdict']}")
+        else:
+            why = "\n".join(c["reasons"])
+        why += "".join(f"\n{n}" for n in c["notes"])
+        table.add_row(c["id"], c["task_type"], f"{c['calls']} ({c['usable']} usable)", models,
+                      "chosen" if c["chosen"] else "skipped", why)
+    return table
 
 
 @usage_app.command("demo-logs")

@@ -1,11 +1,12 @@
-"""Agent usage logs -> small models: the log import and task clustering (issue 21, steps 1-3).
+"""Agent usage logs -> small models: the log import, task clustering and plan (issue 21, steps 1-4).
 
 `import_logs` reads logged model calls (`openai`: chat-completions request/response pairs;
 `otel`: OpenTelemetry GenAI spans as OTLP JSON), redacts secrets and personal data in every
 text of a call before anything is written, marks failed calls and duplicates, and adds the new
 calls to a `UsageStore` (Parquet parts and a manifest). `distill usage import` is its command.
 `clusters.cluster_store` groups the stored calls into recurring tasks, by tag or automatically
-(`distill usage clusters`); `synthetic.generate_logs` writes a seeded agent's logs to try both on
+(`distill usage clusters`); `plan.plan_store` writes a recipe per cluster worth converting
+(`distill usage plan`); `synthetic.generate_logs` writes a seeded agent's logs to try both on
 (`distill usage demo-logs`).
 """
 

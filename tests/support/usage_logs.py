@@ -253,3 +253,22 @@ def adjusted_rand(truth: dict[str, str], assignments: dict[str, str]) -> float:
 
     ids = sorted(truth)
     return float(adjusted_rand_score([truth[i] for i in ids], [assignments[i] for i in ids]))
+
+
+def claude_store(root: Path, model: str, calls: int = 30) -> str:
+    """A store of one tool-routing task whose calls a model under `model`'s name answered."""
+    from distill.usage import import_logs
+
+    cities = ["Lisbon", "Oslo", "Cairo", "Lima", "Hanoi", "Quito", "Dakar", "Riga", "Perth", "Kyoto"]
+    records = []
+    for i in range(calls):
+        flight = f"QX{1000 + 37 * i}"
+        r = openai_record(f"Book flight {flight} to {cities[i % 10]} for seat {i}", None, response_id=f"r{i}",
+                          timestamp=f"2025-05-01T10:{i:02d}:00Z",
+                          tool_calls=[("book_flight", {"passenger_name": "me", "flight": flight})])
+        r["request"]["model"] = r["response"]["model"] = model
+        records.append(r)
+    write_jsonl(root / "claude.jsonl", records)
+    store = str(root / "claude-store")
+    import_logs([str(root / "claude.jsonl")], store, use_ner=False)
+    return store

@@ -1,0 +1,83 @@
+"""The recipe a usage plan writes for one chosen cluster: the cluster's calls as prompt files,
+a teacher that relabels them, the verifier that fits the task against the logged answers, and a
+student base that fits it. A plain mapping, dumped as YAML under a header that says what it is."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+import yaml
+
+from distill.usage.catalogues import base_named
+
+# Tokens a sample may take, by task: a call or a label is short, a JSON object or a sentence longer.
+MAX_TOKENS = {"tool call": 128, "classification": 32, "extraction": 256, "free text": 256}
+CONSTRAINED_SHARE = 0.5  # a small teacher rarely writes a well-formed call unaided (recipes/agent/)
+
+
+@dataclass
+class PromptFile:
+    split: str  # train | eval
+    path: str  # relative to the recipe
+    licence: str  # the logged model's terms: the file holds its answers
+
+
+@dataclass
+class Draft:
+    cluster: str
+    task_type: str
+    teacher: str
+    student_base: str
+    student_name: str
+    verifier: dict
+    files: list[PromptFile]
+    with_tools: bool
+    header: list[str]
+
+
+def _source(f: PromptFile, with_tools: bool, task_type: str) -> dict:
+    source = {"source": "jsonl", "path": f.path, "messages_field": "messages", "answer_field": "reference",
+              "licence": f.licence}
+    if with_tools:
+        source["tools_field"] = "tools"
+    if task_type in ("tool call", "classification"):
+        source["category_field"] = "category"  # scores per tool, or per label
+    return source
+
+
+def recipe(d: Draft) -> dict:
+    tools = d.task_type == "tool call"
+    teacher_base, student_base = base_named(d.teacher), base_named(d.student_base)
+    teacher: dict = {"id": d.teacher}
+    if tools and teacher_base and teacher_base.template:
+        teacher["template"] = teacher_base.template
+    sampling = {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": MAX_TOKENS[d.task_type], "seed": 0,
+                "batch_size": 64}
+    if tools and teacher_base and teacher_base.tools == "hermes":
+        sampling["constrained_calls"] = CONSTRAINED_SHARE
+    student: dict = {"name": d.student_name, "base": d.student_base}
+    if tools and student_base and student_base.template:
+        student["template"] = student_base.template
+    small = student_base is not None and student_base.params_b < 0.5
+    train = ({"method": "full", "epochs": 1, "learning_rate": 0.0002, "batch_size": 4, "max_length": 1024,
+              "gradient_checkpointing": False} if small else
+             {"method": "full", "epochs": 2, "learning_rate": 0.00001, "batch_size": 8, "max_length": 4096})
+    return {
+        "name": f"usage-{d.cluster}",
+        "teacher": teacher,
+        "prompts": {"train": [_source(f, d.with_tools, d.task_type) for f in d.files if f.split == "train"],
+                    "eval": [_source(f, d.with_tools, d.task_type) for f in d.files if f.split == "eval"]},
+        "sampling": sampling,
+        "verifiers": [d.verifier],
+        "filters": [{"name": "exact-dedup"}],
+        "student": student,
+        "train": train,
+        "eval": {"k": 2},
+    }
+
+
+def render(d: Draft) -> str:
+    body = yaml.safe_dump(recipe(d), sort_keys=False, allow_unicode=True, width=100)
+    lines = [w for line in d.header for w in textwrap.wrap(line, 96, subsequent_indent="  ")]
+    return "".join(f"# {line}\n" for line in lines) + body
