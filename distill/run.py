@@ -90,8 +90,8 @@ class RunDir:
     def read_resolved(self) -> dict:
         return yaml.safe_load(self.resolved_recipe.read_text())
 
-    def read_prompts(self, split: str) -> list[dict]:
-        return pq.read_table(self.prompts(split)).to_pylist()
+    def read_prompts(self, split: str, columns: list[str] | None = None) -> list[dict]:
+        return pq.read_table(self.prompts(split), columns=columns).to_pylist()
 
     def read_samples(self, columns: list[str] | None = None) -> pa.Table:
         parts = self.sample_parts()

@@ -126,7 +126,7 @@ def _eval_sources(files: RunDir) -> list[dict]:
     """The distinct (source, source_licence) of the held-out prompts; [] when none were written."""
     if not files.prompts("eval").is_file():
         return []
-    found = {(p["source"], p["source_licence"]) for p in files.read_prompts("eval")}
+    found = {(p["source"], p["source_licence"]) for p in files.read_prompts("eval", ["source", "source_licence"])}
     return [{"source": s, "source_licence": lic} for s, lic in sorted(found)]
 
 
