@@ -2,8 +2,11 @@
 VENV ?= .venv
 DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
 DEMO_AGENT ?= recipes/agent/smollm2-135m-from-smollm2-135m.yaml
+USAGE_DEMO ?= runs/usage-demo
+# The usage demo's size: training and held-out calls per task cluster (docs/usage-logs.md).
+USAGE_CAPS ?= --max-train 48 --max-heldout 24
 
-.PHONY: install demo demo-agent test test-fast bench clean
+.PHONY: install demo demo-agent demo-usage test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +19,14 @@ demo: install
 
 demo-agent: install
 	$(VENV)/bin/distill run $(DEMO_AGENT)
+
+# An agent's logs to small models: seeded logs, import (redacted), clusters, convert (plan,
+# baselines, fine-tunes, gate), report at $(USAGE_DEMO)/conversion/report.html.
+demo-usage: install
+	$(VENV)/bin/distill usage demo-logs $(USAGE_DEMO)/logs.jsonl
+	$(VENV)/bin/distill usage import $(USAGE_DEMO)/logs.jsonl --to $(USAGE_DEMO)/store
+	$(VENV)/bin/distill usage clusters $(USAGE_DEMO)/store
+	$(VENV)/bin/distill usage convert $(USAGE_DEMO)/store --out $(USAGE_DEMO)/conversion $(USAGE_CAPS)
 
 test: install
 	$(VENV)/bin/pytest

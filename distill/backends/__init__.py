@@ -3,7 +3,8 @@
 A backend turns request rows into result rows (the `Backend` protocol below). A teacher
 entry's `backend:` names the factory that makes it: a registered name, an entry point of
 the group `distill.backends`, or a dotted name `package.module:factory`; unset, a teacher
-with an `endpoint:` is served by `openai-http`, any other by `vllm-ray`. A factory is
+with a `replay:` section (recorded answers) is served by `replay`, one with an `endpoint:` by
+`openai-http`, any other by `vllm-ray`. A factory is
 
     def make_my_backend(model: Teacher, options: BackendOptions) -> Backend
 
@@ -76,14 +77,17 @@ BackendFactory = Callable[["Teacher", BackendOptions], Backend]
 def _load_builtins() -> None:
     # Importing the modules runs their @BACKENDS.register decorators; done on the first lookup,
     # not at import (the package also holds vLLM's CPU plug-in, which needs torch).
-    from distill.backends import openai_http, vllm_ray  # noqa: F401
+    from distill.backends import openai_http, replay, vllm_ray  # noqa: F401
 
 
 BACKENDS = Registry("backend", group="distill.backends", builtins=_load_builtins)
 
 
 def backend_name(model: Teacher) -> str:
-    """The backend that serves a model entry: its own `backend`, else by whether it has an endpoint."""
+    """The backend that serves a model entry: its own `backend`, else by whether it has recorded
+    answers or an endpoint."""
     if model.backend:
         return model.backend
+    if model.replay is not None:
+        return "replay"
     return "openai-http" if model.endpoint is not None else "vllm-ray"

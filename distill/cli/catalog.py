@@ -66,7 +66,8 @@ def list_registered(name: Optional[str] = typer.Argument(None, help="a verifier,
                    else "; ".join(p.render(path.name) for p in problems_from(e, Teacher)))
             t.add_row(tid, Text(f"invalid: {why}", style="red"), "", "", "", origin(path))
             continue
-        t.add_row(tid, teacher.model, teacher.licence, f"{teacher.params_b:g}",
+        size = "unknown" if teacher.params_b is None else f"{teacher.params_b:g}"  # a logged API model's is unknown
+        t.add_row(tid, teacher.model, teacher.licence, size,
                   f"{teacher.serving.tensor_parallel_size} x {teacher.serving.pipeline_parallel_size}", origin(path))
     console.print(t)
 

@@ -173,14 +173,15 @@ def _print_summary(summaries: dict) -> None:
 
 
 def _print_eval(e: dict) -> None:
+    from distill.stages.card import cost_text
+
     t = Table(title=f"student vs teacher on {e['held_out_prompts']} held-out prompts (k={e['k']})")
     for col in ("model", "pass@1", f"pass@{e['k']}", "greedy", "mean tokens", "cost / correct"):
         t.add_column(col, justify="right")
     for role in ("teacher", "student"):
         m = e[role]
-        cost = "-" if m["cost_per_correct"] is None else f"{m['cost_per_correct']:.3g}"
         t.add_row(f"{role}: {m['model']}", f"{m['pass@1']:.1%}", f"{m['pass@k']:.1%}", f"{m['greedy_accuracy']:.1%}",
-                  f"{m['mean_output_tokens']:.1f}", cost)
+                  f"{m['mean_output_tokens']:.1f}", cost_text(m))
     console.print(t)
     if e.get("groups"):
         g = Table(title="by held-out set (pass@1; greedy)")

@@ -1,6 +1,7 @@
-"""`distill usage import | clusters | plan | demo-logs`: agent usage logs into a log store (redacted
-before anything is written), the recurring tasks in it, a recipe for each worth converting, and a
-seeded agent's logs to try them on."""
+"""`distill usage import | clusters | plan | convert | demo-logs`: agent usage logs into a log store
+(redacted before anything is written), the recurring tasks in it, a recipe for each worth
+converting, the conversion itself (baselines, fine-tunes, a gate, a report), and a seeded agent's
+logs to try them on."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from distill.cli.app import app, console, err
 from distill.cli.progress import LogBar, RichBar
 
 usage_app = typer.Typer(no_args_is_help=True, help="Agent usage logs: import them into a log store (redacted), "
-                                                    "cluster them into tasks, plan a recipe per task.")
+                                                    "cluster them into tasks, plan a recipe per task, convert the "
+                                                    "tasks to small models.")
 app.add_typer(usage_app, name="usage")
 
 
@@ -132,38 +134,68 @@ def _clusters_paragraph(report: dict) -> str:
     return text + "."
 
 
+# The options `plan` and `convert` share: how a cluster's calls become a recipe.
+PLAN_OPTIONS = dict(
+    min_calls=typer.Option(50, "--min-calls", help="usable calls (answered, not failed, not duplicates) a cluster needs"),
+    heldout=typer.Option(0.1, "--heldout", help="share of each cluster's calls held out for evaluation"),
+    split=typer.Option("time", "--split", help="time: the latest calls are held out; random: a seeded sample"),
+    seed=typer.Option(0, "--seed", help="the seed of random splits and of capped samples"),
+    targets=typer.Option("logged", "--targets", help="logged: the student learns the logged answers (replayed); "
+                         "teacher: --teacher relabels the calls, kept where they agree with the logged answers"),
+    teacher=typer.Option("smollm2-135m-instruct", "--teacher", metavar="ID", help="the teacher entry that relabels "
+                         "the logged requests (--targets teacher); also the judge of last resort"),
+    student=typer.Option(None, "--student", metavar="ID", help="the student base (default: the first shipped base "
+                         "that fits the task)"),
+    judge=typer.Option(None, "--judge", metavar="ID", help="the judge's teacher entry for text answers (default: "
+                       "the logged model's entry, else the teacher)"),
+    logged_licence=typer.Option([], "--logged-licence", metavar="[MODEL=]LICENCE", help="the licence of a logged "
+                                "model's outputs (MODEL may be a pattern), or of every model the shipped table "
+                                "does not know"),
+    key=typer.Option("workload_id", "--key", help="the tag a clustering groups by, when the store has none"),
+    max_train=typer.Option(None, "--max-train", metavar="N", help="at most N training calls per cluster (a seeded "
+                           "sample keeping each tool's or label's share); default: all"),
+    max_heldout=typer.Option(None, "--max-heldout", metavar="N", help="at most N held-out calls per cluster; "
+                             "default: all"),
+)
+
+
+def plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key, max_train,
+                  max_heldout):
+    from distill.usage.plan import Settings
+
+    return Settings(min_calls=min_calls, heldout=heldout, split=split, seed=seed, targets=targets, teacher=teacher,
+                    student=student, judge=judge, logged_licence=list(logged_licence),
+                    key=None if key == "none" else key, max_train=max_train, max_heldout=max_heldout)
+
+
 @usage_app.command("plan")
 def plan_command(
     store: str = typer.Argument(..., metavar="STORE", help="a log store (distill usage import ... --to STORE)"),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="where the recipes, their prompt files and plan.json go"),
-    min_calls: int = typer.Option(50, "--min-calls", help="usable calls (answered, not failed, not duplicates) a "
-                                  "cluster needs"),
-    heldout: float = typer.Option(0.1, "--heldout", help="share of each cluster's calls held out for evaluation"),
-    split: str = typer.Option("time", "--split", help="time: the latest calls are held out; random: a seeded sample"),
-    seed: int = typer.Option(0, "--seed", help="the random split's seed"),
-    teacher: str = typer.Option("smollm2-135m-instruct", "--teacher", metavar="ID", help="the teacher entry that "
-                                "relabels the logged requests"),
-    student: Optional[str] = typer.Option(None, "--student", metavar="ID", help="the student base (default: the "
-                                          "first shipped base that fits the task)"),
-    judge: Optional[str] = typer.Option(None, "--judge", metavar="ID", help="the judge's teacher entry for "
-                                        "text answers (default: the logged model's entry, else the teacher)"),
-    logged_licence: List[str] = typer.Option([], "--logged-licence", metavar="[MODEL=]LICENCE", help="the licence "
-                                             "of a logged model's outputs (MODEL may be a pattern), or of every "
-                                             "model the shipped table does not know"),
-    key: str = typer.Option("workload_id", "--key", help="the tag a clustering groups by, when the store has none"),
+    min_calls: int = PLAN_OPTIONS["min_calls"],
+    heldout: float = PLAN_OPTIONS["heldout"],
+    split: str = PLAN_OPTIONS["split"],
+    seed: int = PLAN_OPTIONS["seed"],
+    targets: str = PLAN_OPTIONS["targets"],
+    teacher: str = PLAN_OPTIONS["teacher"],
+    student: Optional[str] = PLAN_OPTIONS["student"],
+    judge: Optional[str] = PLAN_OPTIONS["judge"],
+    logged_licence: List[str] = PLAN_OPTIONS["logged_licence"],
+    key: str = PLAN_OPTIONS["key"],
+    max_train: Optional[int] = PLAN_OPTIONS["max_train"],
+    max_heldout: Optional[int] = PLAN_OPTIONS["max_heldout"],
     as_json: bool = typer.Option(False, "--json", help="print plan.json instead of a table"),
 ):
     """Which task clusters are worth a small model, and a runnable recipe for each one that is:
-    the cluster's calls as prompt files (train and held-out), a teacher that relabels them, the
-    verifier against the logged answers, a student base; licences checked as `distill licence`
-    does. Every cluster's decision and why go to DIR/plan.json."""
+    the cluster's calls as prompt files (train and held-out), the logged answers as the targets
+    (or a teacher that relabels them), the verifier against the logged answers, a student base;
+    licences checked as `distill licence` does. Every cluster's decision and why go to DIR/plan.json."""
     from distill.usage.clusters import ClusterError
-    from distill.usage.plan import PlanError, Settings, plan_store
+    from distill.usage.plan import PlanError, plan_store
     from distill.usage.store import StoreError
 
-    settings = Settings(min_calls=min_calls, heldout=heldout, split=split, seed=seed, teacher=teacher,
-                        student=student, judge=judge, logged_licence=list(logged_licence),
-                        key=None if key == "none" else key)
+    settings = plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key,
+                             max_train, max_heldout)
     try:
         plan = plan_store(store, out, settings)
     except (StoreError, PlanError, ClusterError) as e:
@@ -200,6 +232,71 @@ def _plan_table(plan: dict):
         table.add_row(c["id"], c["task_type"], f"{c['calls']} ({c['usable']} usable)", models,
                       "chosen" if c["chosen"] else "skipped", why)
     return table
+
+
+@usage_app.command("convert")
+def convert_command(
+    store: str = typer.Argument(..., metavar="STORE", help="a log store (distill usage import ... --to STORE)"),
+    out: Path = typer.Option(Path("conversion"), "--out", metavar="DIR", help="the plan's folder: recipes, prompt "
+                             "files, runs/, convert.json, report.html; an earlier conversion's folder is updated"),
+    min_calls: int = PLAN_OPTIONS["min_calls"],
+    heldout: float = PLAN_OPTIONS["heldout"],
+    split: str = PLAN_OPTIONS["split"],
+    seed: int = PLAN_OPTIONS["seed"],
+    targets: str = PLAN_OPTIONS["targets"],
+    teacher: str = PLAN_OPTIONS["teacher"],
+    student: Optional[str] = PLAN_OPTIONS["student"],
+    judge: Optional[str] = PLAN_OPTIONS["judge"],
+    logged_licence: List[str] = PLAN_OPTIONS["logged_licence"],
+    key: str = PLAN_OPTIONS["key"],
+    max_train: Optional[int] = PLAN_OPTIONS["max_train"],
+    max_heldout: Optional[int] = PLAN_OPTIONS["max_heldout"],
+    min_relative: float = typer.Option(0.9, "--min-relative", help="the gate: accuracy relative to the logged "
+                                       "model's a small model must reach"),
+    max_format_errors: float = typer.Option(0.05, "--max-format-errors", help="the gate: share of answers that may "
+                                            "not parse (a malformed call, no JSON, an unknown label)"),
+    shots: int = typer.Option(3, "--shots", help="training calls shown as examples in the few-shot baseline (0: none)"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="try the bases as they are first"),
+    hardware: str = typer.Option("2-core CPU", "--hardware", help="what the small models' serving is priced as"),
+    hardware_usd_per_hour: float = typer.Option(0.10, "--hardware-usd-per-hour", help="that hardware's price an hour"),
+    prices: Optional[Path] = typer.Option(None, "--prices", metavar="FILE", help="the logged models' price table "
+                                          "(default: the shipped one)"),
+):
+    """Carry out the plan: per cluster, the candidate bases zero-shot and few-shot on the held-out
+    calls, the fine-tune where none suffices, the student against the logged model with the same
+    verifier, and a promotion decision with its reasons (convert.json, the student's card). Writes
+    the conversion report (DIR/report.html, DIR/report.json). Run it again after importing new
+    logs: clusters keep their ids and only changed clusters are redone."""
+    from distill.pipeline import LicenceRefused
+    from distill.problems import RecipeError
+    from distill.usage.clusters import ClusterError
+    from distill.usage.convert import ConvertError, Gate, convert_store
+    from distill.usage.convert_report import summary_lines
+    from distill.usage.plan import PlanError
+    from distill.usage.prices import PriceError
+    from distill.usage.store import StoreError
+
+    settings = plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key,
+                             max_train, max_heldout)
+    gate = Gate(min_relative=min_relative, max_format_errors=max_format_errors, shots=shots, baselines=baselines,
+                hardware=hardware, hardware_usd_per_hour=hardware_usd_per_hour, prices=str(prices) if prices else None)
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        result = convert_store(store, out, settings, gate, say=say, progress_factory=LogBar)
+    except (StoreError, PlanError, ClusterError, ConvertError, PriceError, RecipeError, LicenceRefused) as e:
+        err.print(f"{e}", markup=False, highlight=False, soft_wrap=True)
+        err.print("the conversion stopped; what it finished is kept and a rerun goes on from there", highlight=False)
+        raise typer.Exit(2)
+    for line in summary_lines(result):
+        say(line)
+    say(f"Report: {out / 'report.html'} (and report.json); decisions: {out / 'convert.json'}; "
+        f"{result['minutes']:.1f} minutes.")
+    if result["failed"]:
+        err.print(f"failed: {', '.join(result['failed'])}; rerun the same command to resume them", highlight=False)
+        raise typer.Exit(1)
 
 
 @usage_app.command("demo-logs")

@@ -190,7 +190,6 @@ def _body(info: dict, lin: dict) -> str:
             return f"| {label} | {cell(te)} | {cell(st)} |"
 
         pct = lambda x: f"{x:.1%}"  # noqa: E731
-        cost = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
         eval_text = "\n".join([
             f"{ev['held_out_prompts']} held-out prompts never used in training; {ev['k']} sampled answers per prompt "
             f"with the training sampling settings, plus one greedy answer; scored by {v}.",
@@ -200,10 +199,11 @@ def _body(info: dict, lin: dict) -> str:
             row("pass@1", "pass@1", pct), row(f"pass@{ev['k']}", "pass@k", pct),
             row("greedy accuracy", "greedy_accuracy", pct),
             row("mean output tokens", "mean_output_tokens", lambda x: f"{x:.1f}"),
-            row("cost per correct answer", "cost_per_correct", cost),
+            f"| cost per correct answer | {cost_text(te)} | {cost_text(st)} |",
             "",
             "In brackets: 95% intervals, by bootstrap over the held-out prompts.",
-            f"Cost unit: {st['price_unit']}.",
+            f"Cost unit: {st['price_unit']}." if te["price_unit"] == st["price_unit"]
+            else f"Cost unit: teacher {te['price_unit']}; student {st['price_unit']}.",
         ] + _groups_text(ev))
     else:
         eval_text = "Not evaluated yet (the evaluate stage has not run)."
@@ -253,6 +253,14 @@ Obligations:
   safety) was not selected for.
 - {_eval_scope(ev)}
 """
+
+
+def cost_text(metrics: dict) -> str:
+    """A model's cost per correct answer as shown: "unknown" without a price or a size to stand in
+    for one (a logged API model), "-" without a correct answer."""
+    if metrics.get("price_per_mtok") is None:
+        return "unknown"
+    return "-" if metrics["cost_per_correct"] is None else f"{metrics['cost_per_correct']:.3g}"
 
 
 def _eval_scope(ev: dict | None) -> str:

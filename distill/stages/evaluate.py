@@ -71,11 +71,27 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
     if progress:
         progress.start(total=len(work))
     results = []
+    started, first = time.time(), None
     for batch in backend.generate(work):
         results.extend(batch)
+        if first is None:
+            first = (time.time(), len(batch))
         if progress:
             progress.advance(len(batch))
+    run.files.write_json(run.files.eval_dir / f"{role}.timing.json", answer_timing(started, first, len(results)))
     return write_answers(run, role, model, prompts, work, results, judge)
+
+
+def answer_timing(started: float, first: tuple[float, int] | None, answers: int) -> dict:
+    """How long a model took to answer: in all, and per answer after its first batch of results
+    (`steady_seconds_per_answer`: the engine's start and warm-up left out, None when one batch
+    held every answer). What serving the model costs is priced from it."""
+    end = time.time()
+    steady = None
+    if first is not None and answers > first[1] and end > first[0]:
+        steady = (end - first[0]) / (answers - first[1])
+    return {"answers": answers, "seconds": end - started, "first_batch_seconds": first[0] - started if first else None,
+            "steady_seconds_per_answer": steady}
 
 
 def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: list[dict], results: list[dict],
@@ -147,8 +163,14 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
     sampled = [r for r in rows if r["kind"] == "sampled"]
     correct = sum(r["correct"] for r in sampled)
     tokens = sum(r["completion_tokens"] for r in sampled)
-    priced = model.id in price_per_mtok
-    price = price_per_mtok[model.id] if priced else model.params_b
+    if model.id in price_per_mtok:
+        price, unit = price_per_mtok[model.id], "as set in eval.price_per_mtok"
+    elif model.params_b is not None:
+        # With no price set, parameters (billions) per million tokens stand in for a price:
+        # serving cost grows about linearly with size.
+        price, unit = model.params_b, "proxy: parameters (B) per 1M output tokens"
+    else:  # a logged API model: neither a price nor a size to stand in for one
+        price, unit = None, f"unknown: set eval.price_per_mtok for {model.id!r} (its size is not known)"
     s = scores(table)
     return {
         "model": model.id,
@@ -161,10 +183,8 @@ def metrics(table: pa.Table, model: Teacher, price_per_mtok: dict[str, float]) -
         "truncated": sum(r["finish_reason"] == "length" for r in sampled),
         "errors": sum(bool(r["error"]) for r in rows),
         "price_per_mtok": price,
-        # With no price set, parameters (billions) per million tokens stand in for a price:
-        # serving cost grows about linearly with size.
-        "price_unit": "as set in eval.price_per_mtok" if priced else "proxy: parameters (B) per 1M output tokens",
-        "cost_per_correct": (tokens * price / 1e6) / correct if correct else None,
+        "price_unit": unit,
+        "cost_per_correct": (tokens * price / 1e6) / correct if correct and price is not None else None,
         **{k: s[k] for k in ("pass@1_ci95", "pass@k_ci95", "greedy_accuracy_ci95")},
     }
 

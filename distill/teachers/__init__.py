@@ -93,24 +93,39 @@ class Endpoint(Strict):
         return url.rstrip("/")
 
 
+class Replay(Strict):
+    """A model's answers recorded in files (a usage log's calls), served by the `replay` backend
+    instead of a model: distill/backends/replay.py documents how a request finds its answer."""
+
+    files: list[str] = Field(min_length=1, description="JSONL files of recorded conversations; a relative path "
+                             "is relative to the teacher entry's YAML file")
+    messages_field: str = "messages"  # the conversation sent (OpenAI turns)
+    tools_field: str = "tools"  # the tools offered (OpenAI function definitions), absent or null for none
+    # The recorded answer: an OpenAI assistant message {"role", "content", "tool_calls"}.
+    answer_field: str = "logged"
+
+
 class Teacher(Strict):
     id: str
     model: str = Field(description="hub id, or a local directory of weights")
     revision: str = Field(description="hub commit or tag; 'main' means not pinned")
     licence: str = Field(description="licence id as the hub writes it (apache-2.0, llama3.1, mit, ...)")
-    params_b: float = Field(gt=0, description="parameters in billions, the default cost proxy")
+    params_b: float | None = Field(None, gt=0, description="parameters in billions, the default cost proxy; "
+                                   "None: unknown (a logged API model), and so is its proxy cost")
     weights_from: WheelWeights | None = None
     serving: Serving = Serving()
     # Set: the teacher is served over HTTP by someone else, and `serving` does not apply.
     endpoint: Endpoint | None = None
     # The backend registry's name (or a dotted name, package.module:factory) of what serves it;
-    # None: openai-http when it has an endpoint, else vllm-ray.
+    # None: replay when it has a `replay` section, openai-http when it has an endpoint, else vllm-ray.
     backend: str | None = None
     chat_template: str = ""  # a description of the model's own template
     # The chat template it is served with instead of its own: a name shipped in
     # distill/chat_templates (hermes) or a Jinja file's path; None: the model's own.
     template: str | None = None
     safety_notes: list[str] = []
+    # Set: the answers were recorded (a usage log), and the `replay` backend serves them.
+    replay: Replay | None = None
 
 
 def search_path() -> list[Path]:
@@ -175,6 +190,10 @@ def load_teacher(ref: str, base_dir: Path | None = None) -> Teacher:
     teacher = Teacher.model_validate(data)
     if entries.get(path.stem) == path and teacher.id != path.stem:  # a catalogue entry: found by its file name
         raise ValueError(f"{path}: id {teacher.id!r} must match the file name")
+    if teacher.replay is not None:  # the entry's own folder, wherever the recipe that names it lives
+        files = [str(f if Path(f).is_absolute() else (path.parent / f).resolve())
+                 for f in (Path(x).expanduser() for x in teacher.replay.files)]
+        teacher = teacher.model_copy(update={"replay": teacher.replay.model_copy(update={"files": files})})
     return teacher
 
 

@@ -6,7 +6,8 @@ A row: `messages` (the turns sent, as logged and redacted), `tools` (the tools o
 {"expected": [the logged calls]} ({"expected": []} when the logged answer called nothing, the
 tool-call verifier's "no call"); otherwise the logged answer's text. `category` (the tool called,
 or a classification's label) reports scores per kind; `call_id` and `timestamp` say where a row
-came from.
+came from. `logged` is the logged answer itself (the assistant message) and `usage` its token
+counts: a teacher entry with `replay` serves them as the logged model's answers.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def prompt_row(row: dict, task_type: str) -> dict | None:
         reference, category = text, text if task_type == "classification" else None
     tools = json.loads(row["tools"]) if row["tools"] else None
     ts = row["timestamp"]
+    logged = conversation.canonical([{**turn, "role": "assistant"}])[0]
+    usage = {"prompt_tokens": row.get("prompt_tokens") or 0, "completion_tokens": row.get("completion_tokens") or 0}
     return {"messages": conversation.canonical(row["prompt"]), "tools": conversation.canonical_tools(tools),
-            "reference": reference, "category": category, "call_id": row["call_id"],
+            "reference": reference, "category": category, "logged": logged, "usage": usage, "call_id": row["call_id"],
             "timestamp": ts.isoformat() if ts else None, "_time": ts or _EPOCH}
 
 
@@ -93,6 +96,22 @@ def split(rows: list[dict], share: float, how: str, seed: int, stratify: bool) -
             (held if i in out else train).append(r)
     order = lambda r: r["_order"]  # noqa: E731 - store order again, whatever the strata
     return sorted(train, key=order), sorted(held, key=order)
+
+
+def cap(rows: list[dict], limit: int | None, seed: int, stratify: bool) -> list[dict]:
+    """At most `limit` of the rows, a seeded sample that keeps each category's share (each one
+    that fits keeps at least a row); all of them when `limit` is None or not below their number."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    strata: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        strata[r["category"] if stratify else ""].append(r)
+    rng = random.Random(seed)
+    quota = {name: max(1, round(limit * len(group) / len(rows))) for name, group in strata.items()}
+    while sum(quota.values()) > limit:  # rounding up the small strata overshot: trim the largest
+        quota[max(quota, key=quota.get)] -= 1
+    kept = [r for name in sorted(strata) for r in rng.sample(strata[name], min(quota[name], len(strata[name])))]
+    return sorted(kept, key=lambda r: r["_order"])
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

@@ -7,12 +7,15 @@ known), free text is not too long and varied to check, and the licence engine al
 the logged model counts as a teacher, since its answers are the references (the prompt files
 carry its terms as their licence, so `distill licence RECIPE` judges them as its outputs).
 
-distill has no way to train on logged answers without sampling a teacher, so each recipe names a
-teacher entry that relabels the prompts, and the verifier keeps the samples that agree with the
-logged answers. Layout under OUT (the plan owns the folders it lists in plan.json):
+The targets a student learns are the logged answers themselves (`--targets logged`, the default):
+the recipe's teacher is an entry that replays them (OUT/<cluster>/logged.yaml, `replay:`), so
+the student is trained on what the logged model answered and scored against it on the held-out
+calls. `--targets teacher` names a teacher entry that relabels the prompts instead, and the
+verifier keeps the samples that agree with the logged answers. Layout under OUT (the plan owns
+the folders it lists in plan.json):
 
     OUT/plan.json                     every cluster: chosen or not, why, and what was written
-    OUT/<cluster>/<student>-from-<teacher>.yaml, train.jsonl, heldout.jsonl
+    OUT/<cluster>/<student>-from-<teacher>.yaml, train.jsonl, heldout.jsonl (and logged.yaml)
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ from distill.usage.store import StoreError, UsageStore
 
 KIND = "distill usage plan"
 PLAN_FILE = "plan.json"
-COLUMNS = ["call_id", "timestamp", "model", "response_model", "prompt", "completion", "tools", "status", "duplicate"]
+COLUMNS = ["call_id", "timestamp", "model", "response_model", "prompt", "completion", "tools", "status", "duplicate",
+           "prompt_tokens", "completion_tokens"]
 DEFAULT_TEACHER = "smollm2-135m-instruct"  # runs on a CPU; --teacher names a stronger one
 VERIFIER_NOTES = {
     "tool call": "tool-call: the teacher's calls against the logged calls (names, arguments, no call)",
-    "extraction": "judge against the logged JSON: distill has no exact-match or JSON-field verifier, and judge "
-                  "(the logged answer as its reference) is the closest",
-    "classification": "judge against the logged label: distill has no exact-match verifier, and judge (the "
-                      "logged label as its reference) is the closest",
+    "extraction": "match (json): every field of the logged JSON object, exactly",
+    "classification": "match (text): the logged label, case and surrounding quotes aside",
     "free text": "judge against the logged answer",
 }
 
@@ -55,7 +57,10 @@ class Settings:
     heldout: float = 0.1  # share of a cluster's rows held out for the evaluation
     split: str = "time"  # time: the latest calls are held out; random: a seeded sample
     seed: int = 0
+    targets: str = "logged"  # logged: train on the logged answers (replayed); teacher: relabel with --teacher
     teacher: str = DEFAULT_TEACHER
+    max_train: int | None = None  # at most this many training calls per cluster (a seeded sample), None: all
+    max_heldout: int | None = None  # at most this many held-out calls per cluster, None: all
     student: str | None = None  # None: the first shipped base that fits the task
     judge: str | None = None  # None: the logged model's teacher entry, else the teacher
     logged_licence: list[str] = field(default_factory=list)  # [MODEL=]LICENCE
@@ -75,6 +80,12 @@ def check(settings: Settings) -> None:
         raise PlanError(f"--heldout {s.heldout}: give a share between 0 and 1, e.g. 0.1")
     if s.split not in ("time", "random"):
         raise PlanError(f"--split {s.split!r}: give time (the latest calls held out) or random")
+    if s.targets not in ("logged", "teacher"):
+        raise PlanError(f"--targets {s.targets!r}: give logged (train on the logged answers) or teacher (relabel "
+                        "them with --teacher)")
+    for name, value in (("--max-train", s.max_train), ("--max-heldout", s.max_heldout)):
+        if value is not None and value < 1:
+            raise PlanError(f"{name} {value}: give at least 1, or leave it out for every call")
     if s.min_calls < 2:
         raise PlanError(f"--min-calls {s.min_calls}: give at least 2 (one to train on, one to hold out)")
     try:
@@ -194,13 +205,32 @@ def _decide(path: Path):
     return decide_for_recipe(load_recipe(path))
 
 
+def _logged_teacher(entry: dict, folder: Path, models: list[str], licences: list[str]) -> str:
+    """Writes OUT/<cluster>/logged.yaml, a teacher entry that replays the logged answers of the
+    cluster's prompt files; returns the name the recipe gives it."""
+    import yaml
+
+    licence = max(licences, key=[m["licence"] for m in entry["logged_models"] if m["licence"]].count)
+    data = {"id": f"logged-{entry['id']}", "model": ", ".join(models), "revision": "logged", "licence": licence,
+            "chat_template": "none: the logged answers are replayed, not generated",
+            "replay": {"files": [p.name for p in sorted(folder.glob("*.jsonl"))], "messages_field": "messages",
+                       "tools_field": "tools", "answer_field": "logged"}}
+    header = (f"# The answers {', '.join(models)} gave to the calls of cluster {entry['id']}, as logged and redacted,\n"
+              "# replayed as a teacher's: the student learns them, and they are what it is scored against.\n")
+    storage.write_text(folder / "logged.yaml", header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return "logged.yaml"
+
+
 def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) -> None:
     """Writes the cluster's prompt files and recipe into `folder` (moved to `final` if chosen) and runs the licence engine on it;
     fills the entry (chosen, or the refusal and its clause among the reasons)."""
     from distill.problems import RecipeError
 
     task, rows = entry["task_type"], entry["_rows"]
-    train, held = export.split(rows, settings.heldout, settings.split, settings.seed, stratify=task == "tool call")
+    stratify = task == "tool call"
+    train, held = export.split(rows, settings.heldout, settings.split, settings.seed, stratify=stratify)
+    train = export.cap(train, settings.max_train, settings.seed, stratify)
+    held = export.cap(held, settings.max_heldout, settings.seed, stratify)
     licences = sorted({r["_licence"] for r in rows})
     files = []
     for licence in licences:  # one file per logged licence: a source has one licence
@@ -216,24 +246,37 @@ def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) ->
     models = [m["model"] for m in entry["logged_models"] if m["licence"]]
     if task == "tool call":
         verifier, note = {"name": "tool-call"}, VERIFIER_NOTES[task]
+    elif task == "classification":
+        verifier, note = {"name": "match"}, VERIFIER_NOTES[task]
+    elif task == "extraction":
+        verifier, note = {"name": "match", "mode": "json"}, VERIFIER_NOTES[task]
     else:
         judge, why = _judge(settings, models)
         verifier, note = {"name": "judge", "model": judge}, f"{VERIFIER_NOTES[task]}; {why}"
-    targets = (f"relabelled: the teacher {settings.teacher} answers each logged request and the verifier keeps the "
-               f"answers that agree with the logged ones ({', '.join(models)}); distill cannot train on logged answers "
-               "without sampling a teacher")
+    if settings.targets == "logged":
+        teacher, teacher_name = _logged_teacher(entry, folder, models, licences), "logged"
+        targets = (f"the logged answers of {', '.join(models)}, replayed by logged.yaml: the student learns them and is "
+                   "scored against them")
+    else:
+        teacher = teacher_name = settings.teacher
+        targets = (f"relabelled: the teacher {settings.teacher} answers each logged request and the verifier keeps the "
+                   f"answers that agree with the logged ones ({', '.join(models)})")
     held_how = ("the latest" if settings.split == "time" else f"a random (seed {settings.seed})") + \
-        f" {settings.heldout:.0%}" + (" of each tool's calls" if task == "tool call" else " of the calls")
+        f" {settings.heldout:.0%}" + (" of each tool's calls" if stratify else " of the calls")
+    capped = [f"{name} capped at {n}" for name, n in (("training calls", settings.max_train),
+                                                    ("held-out calls", settings.max_heldout)) if n is not None]
     short = student.rsplit("/", 1)[-1].removesuffix(".yaml")
-    draft = Draft(entry["id"], task, settings.teacher, student, f"{short}-{entry['id']}", verifier, files,
-                  with_tools=any(r["tools"] for r in rows), header=[
+    recipe_name = f"{short}-from-{teacher_name}.yaml"
+    draft = Draft(entry["id"], task, teacher, student, f"{short}-{entry['id']}", verifier, files,
+                  with_tools=any(r["tools"] for r in rows), replayed=settings.targets == "logged", header=[
                       f"Cluster {entry['id']}" + ("" if entry["label"] == entry["id"] else f" ({entry['label']})") + f": {task}, {len(rows)} usable logged calls of "
                       f"{', '.join(models)}; written by `distill usage plan`.",
-                      f"Prompts: train.jsonl ({len(train)}) and heldout.jsonl ({len(held)}: {held_how}).",
+                      f"Prompts: train.jsonl ({len(train)}) and heldout.jsonl ({len(held)}: {held_how}"
+                      + (f"; {', '.join(capped)}, a seeded sample" if capped else "") + ").",
                       f"Targets: {targets}.", f"Verifier: {note}.",
                       f"Licence: the prompt files carry the logged model's terms ({', '.join(licences)}).",
-                      f"Run:  distill run {final / (short + '-from-' + settings.teacher + '.yaml')}"])
-    path = folder / f"{short}-from-{settings.teacher}.yaml"
+                      f"Run:  distill run {final / recipe_name}"])
+    path = folder / recipe_name
     try:
         storage.write_text(path, render(draft))
         decision = _decide(path)
@@ -253,7 +296,7 @@ def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) ->
     for issue in decision.refusals:
         entry["reasons"].append(f"licence refused ({issue.rule}): {issue.message} [{'; '.join(issue.citations)}]")
     entry.update(recipe=f"{entry['id']}/{path.name}", train=len(train), heldout=len(held), split=held_how,
-                 verifier=verifier["name"], verifier_note=note, teacher=settings.teacher, targets=targets,
+                 verifier=verifier["name"], verifier_note=note, teacher=teacher, targets=targets,
                  student=student, student_from=student_from, candidates=fits, chosen=not entry["reasons"])
 
 

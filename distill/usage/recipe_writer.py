@@ -1,6 +1,6 @@
 """The recipe a usage plan writes for one chosen cluster: the cluster's calls as prompt files,
-a teacher that relabels them, the verifier that fits the task against the logged answers, and a
-student base that fits it. A plain mapping, dumped as YAML under a header that says what it is."""
+a teacher (the logged answers replayed, or a model that relabels the calls), the verifier that
+fits the task against the logged answers, and a student base that fits it. A plain mapping, dumped as YAML under a header that says what it is."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Draft:
     files: list[PromptFile]
     with_tools: bool
     header: list[str]
+    replayed: bool = False  # the teacher replays the logged answers: one answer per call, nothing to sample
 
 
 def _source(f: PromptFile, with_tools: bool, task_type: str) -> dict:
@@ -52,9 +53,9 @@ def recipe(d: Draft) -> dict:
     teacher: dict = {"id": d.teacher}
     if tools and teacher_base and teacher_base.template:
         teacher["template"] = teacher_base.template
-    sampling = {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": MAX_TOKENS[d.task_type], "seed": 0,
-                "batch_size": 64}
-    if tools and teacher_base and teacher_base.tools == "hermes":
+    sampling = {"n": 1 if d.replayed else 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": MAX_TOKENS[d.task_type],
+                "seed": 0, "batch_size": 64}
+    if tools and teacher_base and teacher_base.tools == "hermes" and not d.replayed:
         sampling["constrained_calls"] = CONSTRAINED_SHARE
     student: dict = {"name": d.student_name, "base": d.student_base}
     if tools and student_base and student_base.template:
@@ -73,7 +74,8 @@ def recipe(d: Draft) -> dict:
         "filters": [{"name": "exact-dedup"}],
         "student": student,
         "train": train,
-        "eval": {"k": 2},
+        # A replayed teacher gives one answer per call: one sampled answer and the greedy one are enough.
+        "eval": {"k": 1 if d.replayed else 2},
     }
 
 

@@ -34,7 +34,8 @@ def test_the_run_directory_holds_exactly_these_files(student_run):
         "train/summary.json",
         "student/config.json", "student/generation_config.json", "student/tokenizer.json",
         "student/tokenizer_config.json", "student/chat_template.jinja", "student/distill.json", "student/README.md",
-        "eval/teacher.parquet", "eval/student.parquet", "eval.json", "lineage.json", "report.html",
+        "eval/teacher.parquet", "eval/student.parquet", "eval/student.timing.json", "eval.json", "lineage.json",
+            "report.html",
     }
     assert student_weights == {"student/model.safetensors"}
     assert samples and all(f.startswith("samples/part-") and f.endswith(".parquet") for f in samples)

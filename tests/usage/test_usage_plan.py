@@ -47,25 +47,32 @@ def test_the_plan_chooses_tool_routing_extraction_and_classification_and_says_wh
     for cid in CHOSEN:
         c = clusters[cid]
         assert c["reasons"] == [] and c["licence"]["verdict"] == "allowed-with-obligations"
-        assert c["verifier"] == ("tool-call" if c["task_type"] == "tool call" else "judge")
-        assert c["student"] == "smollm2-135m-instruct" and "relabelled" in c["targets"]
+        assert c["verifier"] == ("tool-call" if c["task_type"] == "tool call" else "match")
+        assert c["student"] == "smollm2-135m-instruct" and "logged answers" in c["targets"]
+        assert c["teacher"] == "logged.yaml" and c["recipe"].endswith("-from-logged.yaml")
         assert any("compete with OpenAI" in o for o in c["licence"]["obligations"])
     assert sorted(p.name for p in out.iterdir()) == sorted(CHOSEN | {"plan.json"})  # nothing for skipped ones
 
 
 def test_every_written_recipe_validates(planned):
     _, out, _ = planned
-    recipes = sorted(out.rglob("*.yaml"))
+    recipes = sorted(out.rglob("*-from-*.yaml"))
     assert len(recipes) == len(CHOSEN)
     for path in recipes:
         recipe = load_recipe(path)
         assert recipe.prompts.train[0].params.licence == "openai-api-terms"
         assert recipe.prompts.eval, path
+        # The teacher replays the logged answers: one answer per call, served by the replay backend.
+        teacher = recipe.teacher_entry
+        assert teacher.backend is None and teacher.replay is not None and teacher.licence == "openai-api-terms"
+        assert sorted(Path(f).name for f in teacher.replay.files) == ["heldout.jsonl", "train.jsonl"]
+        assert recipe.sampling.n == 1 and recipe.sampling.constrained_calls is None
         if path.parent.name in ("travel-desk", "office-assistant"):
-            assert recipe.teacher.template == "hermes" and recipe.student.template == "hermes"
-            assert recipe.verifiers[0].name == "tool-call"
+            assert recipe.student.template == "hermes" and recipe.verifiers[0].name == "tool-call"
         else:
-            assert recipe.verifiers[0].name == "judge" and recipe.student.template is None
+            mode = "json" if path.parent.name == "ticket-fields" else "text"
+            assert recipe.verifiers[0].name == "match" and recipe.verifiers[0].params.mode == mode
+            assert recipe.student.template is None
 
 
 def test_the_time_split_holds_out_the_latest_calls(planned):
@@ -161,3 +168,29 @@ def test_the_data_files_agree_with_the_catalogues():
         assert (base.licence, base.params_b) == (teacher.licence, teacher.params_b), base.id
     assert not Base("x", 1, "mit", "none", "cpu").fits("tool call") and Base("x", 1, "mit", "none", "cpu").fits("extraction")
     assert [b.id for b in candidates("tool call")][0] == "smollm2-135m-instruct"
+
+
+def test_relabelling_with_a_teacher_and_capped_samples(planned, tmp_path):
+    _, _, store = planned
+    plan = by_id(plan_store(store, tmp_path / "out", Settings(targets="teacher", max_train=20, max_heldout=5)))
+    travel = plan["travel-desk"]
+    assert travel["chosen"] and travel["teacher"] == "smollm2-135m-instruct" and "relabelled" in travel["targets"]
+    recipe = load_recipe(tmp_path / "out" / travel["recipe"])
+    assert recipe.teacher.template == "hermes" and recipe.sampling.n == 4 and recipe.sampling.constrained_calls == 0.5
+    assert not (tmp_path / "out" / "travel-desk" / "logged.yaml").exists()
+    train = rows(tmp_path / "out" / "travel-desk" / "train.jsonl")
+    held = rows(tmp_path / "out" / "travel-desk" / "heldout.jsonl")
+    assert len(train) == 20 and len(held) == 5 and travel["train"] == 20
+    full = rows(Path(planned[1]) / "travel-desk" / "train.jsonl")
+    assert {r["category"] for r in train} == {r["category"] for r in full}, "the cap keeps every tool"
+    assert "capped at 20" in (tmp_path / "out" / travel["recipe"]).read_text()
+
+
+def test_bad_targets_and_caps_are_refused_before_anything_is_written(planned, tmp_path):
+    from distill.usage.plan import PlanError
+
+    _, _, store = planned
+    for settings, words in ((Settings(targets="logs"), "--targets 'logs'"), (Settings(max_train=0), "--max-train 0")):
+        with pytest.raises(PlanError, match=words):
+            plan_store(store, tmp_path / "out", settings)
+    assert not (tmp_path / "out").exists()
