@@ -156,16 +156,19 @@ PLAN_OPTIONS = dict(
                            "sample keeping each tool's or label's share); default: all"),
     max_heldout=typer.Option(None, "--max-heldout", metavar="N", help="at most N held-out calls per cluster; "
                              "default: all"),
+    max_train_tokens=typer.Option(None, "--max-train-tokens", metavar="N", help="at most about N tokens of training "
+                                  "calls per cluster (estimated from their length; long tool schemas make few calls)"),
 )
 
 
 def plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key, max_train,
-                  max_heldout):
+                  max_heldout, max_train_tokens):
     from distill.usage.plan import Settings
 
     return Settings(min_calls=min_calls, heldout=heldout, split=split, seed=seed, targets=targets, teacher=teacher,
                     student=student, judge=judge, logged_licence=list(logged_licence),
-                    key=None if key == "none" else key, max_train=max_train, max_heldout=max_heldout)
+                    key=None if key == "none" else key, max_train=max_train, max_heldout=max_heldout,
+                    max_train_tokens=max_train_tokens)
 
 
 @usage_app.command("plan")
@@ -184,6 +187,7 @@ def plan_command(
     key: str = PLAN_OPTIONS["key"],
     max_train: Optional[int] = PLAN_OPTIONS["max_train"],
     max_heldout: Optional[int] = PLAN_OPTIONS["max_heldout"],
+    max_train_tokens: Optional[int] = PLAN_OPTIONS["max_train_tokens"],
     as_json: bool = typer.Option(False, "--json", help="print plan.json instead of a table"),
 ):
     """Which task clusters are worth a small model, and a runnable recipe for each one that is:
@@ -195,7 +199,7 @@ def plan_command(
     from distill.usage.store import StoreError
 
     settings = plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key,
-                             max_train, max_heldout)
+                             max_train, max_heldout, max_train_tokens)
     try:
         plan = plan_store(store, out, settings)
     except (StoreError, PlanError, ClusterError) as e:
@@ -251,6 +255,7 @@ def convert_command(
     key: str = PLAN_OPTIONS["key"],
     max_train: Optional[int] = PLAN_OPTIONS["max_train"],
     max_heldout: Optional[int] = PLAN_OPTIONS["max_heldout"],
+    max_train_tokens: Optional[int] = PLAN_OPTIONS["max_train_tokens"],
     min_relative: float = typer.Option(0.9, "--min-relative", help="the gate: accuracy relative to the logged "
                                        "model's a small model must reach"),
     max_format_errors: float = typer.Option(0.05, "--max-format-errors", help="the gate: share of answers that may "
@@ -277,7 +282,7 @@ def convert_command(
     from distill.usage.store import StoreError
 
     settings = plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key,
-                             max_train, max_heldout)
+                             max_train, max_heldout, max_train_tokens)
     gate = Gate(min_relative=min_relative, max_format_errors=max_format_errors, shots=shots, baselines=baselines,
                 hardware=hardware, hardware_usd_per_hour=hardware_usd_per_hour, prices=str(prices) if prices else None)
 

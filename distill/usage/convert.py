@@ -242,8 +242,10 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
                 row["messages"] = with_examples(row["messages"], turns)
                 work.append(row)
                 meta[row["work_id"]] = (c, recipe, p, shots)
-        template = jobs[0][1].student.template if jobs[0][1].student.base == base else None
-        model = model.model_copy(update={"template": template or model.template})
+        # One engine per base: the template its tool clusters' students are served with (hermes for
+        # SmolLM2), which writes a conversation without tools as the model's own does.
+        templates = [r.student.template for _, r, _, b, _ in jobs if r.student.base == b and r.student.template]
+        model = model.model_copy(update={"template": templates[0] if templates else model.template})
         say(f"baselines: {base} answers {len(work)} held-out calls of {len({id(j[0]) for j in jobs})} cluster(s), "
             f"zero-shot{' and ' + str(gate.shots) + '-shot' if gate.shots else ''}")
         bar = progress_factory(f"baselines of {base}") if progress_factory else None

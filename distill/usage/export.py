@@ -98,9 +98,24 @@ def split(rows: list[dict], share: float, how: str, seed: int, stratify: bool) -
     return sorted(train, key=order), sorted(held, key=order)
 
 
-def cap(rows: list[dict], limit: int | None, seed: int, stratify: bool) -> list[dict]:
-    """At most `limit` of the rows, a seeded sample that keeps each category's share (each one
-    that fits keeps at least a row); all of them when `limit` is None or not below their number."""
+CHARS_PER_TOKEN = 3  # rows as JSON: tool schemas run about 3 characters a token, prose about 4
+
+
+def estimated_tokens(row: dict) -> int:
+    """A row's tokens as a student sees them (turns, tools, answer), estimated from its JSON
+    length: an over-estimate for prose, close for tool schemas; no tokenizer needed."""
+    text = json.dumps([row["messages"], row["tools"], row.get("logged")], ensure_ascii=False)
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def cap(rows: list[dict], limit: int | None, seed: int, stratify: bool, max_tokens: int | None = None) -> list[dict]:
+    """At most `limit` of the rows, and no more than fit in `max_tokens` (estimated, at the rows'
+    mean length): a seeded sample that keeps each category's share (each one that fits keeps at
+    least a row); all of them when neither bound is below their number."""
+    if max_tokens is not None and rows:
+        mean = sum(map(estimated_tokens, rows)) / len(rows)
+        by_tokens = max(1, int(max_tokens // mean))
+        limit = by_tokens if limit is None else min(limit, by_tokens)
     if limit is None or len(rows) <= limit:
         return rows
     strata: dict[str, list[dict]] = defaultdict(list)

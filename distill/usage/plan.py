@@ -61,6 +61,7 @@ class Settings:
     teacher: str = DEFAULT_TEACHER
     max_train: int | None = None  # at most this many training calls per cluster (a seeded sample), None: all
     max_heldout: int | None = None  # at most this many held-out calls per cluster, None: all
+    max_train_tokens: int | None = None  # at most about this many tokens of training calls per cluster, None: no bound
     student: str | None = None  # None: the first shipped base that fits the task
     judge: str | None = None  # None: the logged model's teacher entry, else the teacher
     logged_licence: list[str] = field(default_factory=list)  # [MODEL=]LICENCE
@@ -83,7 +84,8 @@ def check(settings: Settings) -> None:
     if s.targets not in ("logged", "teacher"):
         raise PlanError(f"--targets {s.targets!r}: give logged (train on the logged answers) or teacher (relabel "
                         "them with --teacher)")
-    for name, value in (("--max-train", s.max_train), ("--max-heldout", s.max_heldout)):
+    for name, value in (("--max-train", s.max_train), ("--max-heldout", s.max_heldout),
+                        ("--max-train-tokens", s.max_train_tokens)):
         if value is not None and value < 1:
             raise PlanError(f"{name} {value}: give at least 1, or leave it out for every call")
     if s.min_calls < 2:
@@ -229,7 +231,7 @@ def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) ->
     task, rows = entry["task_type"], entry["_rows"]
     stratify = task == "tool call"
     train, held = export.split(rows, settings.heldout, settings.split, settings.seed, stratify=stratify)
-    train = export.cap(train, settings.max_train, settings.seed, stratify)
+    train = export.cap(train, settings.max_train, settings.seed, stratify, settings.max_train_tokens)
     held = export.cap(held, settings.max_heldout, settings.seed, stratify)
     licences = sorted({r["_licence"] for r in rows})
     files = []
@@ -264,6 +266,7 @@ def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) ->
     held_how = ("the latest" if settings.split == "time" else f"a random (seed {settings.seed})") + \
         f" {settings.heldout:.0%}" + (" of each tool's calls" if stratify else " of the calls")
     capped = [f"{name} capped at {n}" for name, n in (("training calls", settings.max_train),
+                                                    ("training tokens", settings.max_train_tokens),
                                                     ("held-out calls", settings.max_heldout)) if n is not None]
     short = student.rsplit("/", 1)[-1].removesuffix(".yaml")
     recipe_name = f"{short}-from-{teacher_name}.yaml"

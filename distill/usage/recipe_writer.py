@@ -53,16 +53,20 @@ def recipe(d: Draft) -> dict:
     teacher: dict = {"id": d.teacher}
     if tools and teacher_base and teacher_base.template:
         teacher["template"] = teacher_base.template
+    # Batches of 16 results: a held-out set of a few dozen calls then spans several, and a model's
+    # seconds per answer can be measured after its first (convert prices small models from it).
     sampling = {"n": 1 if d.replayed else 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": MAX_TOKENS[d.task_type],
-                "seed": 0, "batch_size": 64}
+                "seed": 0, "batch_size": 16}
     if tools and teacher_base and teacher_base.tools == "hermes" and not d.replayed:
         sampling["constrained_calls"] = CONSTRAINED_SHARE
     student: dict = {"name": d.student_name, "base": d.student_base}
     if tools and student_base and student_base.template:
         student["template"] = student_base.template
     small = student_base is not None and student_base.params_b < 0.5
-    train = ({"method": "full", "epochs": 1, "learning_rate": 0.0002, "batch_size": 4, "max_length": 1024,
-              "gradient_checkpointing": False} if small else
+    # Rows longer than max_length are cut from the end, which would lose the answer: a tool call's
+    # prompt carries the tools' schemas (often over a thousand tokens).
+    train = ({"method": "full", "epochs": 1, "learning_rate": 0.0002, "batch_size": 4,
+              "max_length": 4096 if tools else 1024, "gradient_checkpointing": False} if small else
              {"method": "full", "epochs": 2, "learning_rate": 0.00001, "batch_size": 8, "max_length": 4096})
     return {
         "name": f"usage-{d.cluster}",

@@ -272,3 +272,25 @@ def claude_store(root: Path, model: str, calls: int = 30) -> str:
     store = str(root / "claude-store")
     import_logs([str(root / "claude.jsonl")], store, use_ner=False)
     return store
+
+
+BINARY = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npy", ".wandb")
+
+
+def leaks(values: set[str], *folders: Path) -> list[tuple[str, str]]:
+    """(value, file) for every planted value found in a file under the folders: Parquet tables read
+    as their rows' JSON, other files as text; weights skipped (no text is stored in them)."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if not path.is_file() or path.name.endswith(BINARY):
+                continue
+            if path.suffix == ".parquet":
+                text = json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
+            else:
+                text = path.read_bytes().decode("utf-8", errors="ignore")
+            variants = {v: {v, json.dumps(v, ensure_ascii=False)[1:-1]} for v in values}
+            found += [(v, str(path)) for v, forms in variants.items() if any(f in text for f in forms)]
+    return found

@@ -177,3 +177,19 @@ def test_a_whole_conversion_then_an_incremental_one(demo, tmp_path, monkeypatch)
     assert any(s["status"] == "retrained" for s in status.values())
     assert all(s["new_calls"] > 0 for s in status.values())
     assert len(trained) > 3 and len(stand.served) == 2
+
+
+def test_one_engine_per_base_is_fair_to_clusters_without_tools():
+    """The baselines serve a base with its tool clusters' template (hermes for SmolLM2) for every
+    cluster; for a conversation without tools it writes exactly what the model's own template does."""
+    from transformers import AutoTokenizer
+
+    from distill.chat_templates import resolve
+    from distill.teachers import load_teacher, model_path
+
+    tok = AutoTokenizer.from_pretrained(model_path(load_teacher("smollm2-135m-instruct")))
+    turns = [{"role": "system", "content": "Label the ticket."}, {"role": "user", "content": "My card was charged twice"},
+             {"role": "assistant", "content": "billing"}, {"role": "user", "content": "Where is my parcel?"}]
+    own = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert own == tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True,
+                                          chat_template=resolve("hermes").text)

@@ -194,3 +194,18 @@ def test_bad_targets_and_caps_are_refused_before_anything_is_written(planned, tm
         with pytest.raises(PlanError, match=words):
             plan_store(store, tmp_path / "out", settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_token_budget_gives_long_tool_prompts_fewer_training_calls(planned, tmp_path):
+    from distill.usage.export import estimated_tokens
+
+    _, _, store = planned
+    plan = by_id(plan_store(store, tmp_path / "out", Settings(max_train_tokens=6000)))
+    sizes = {}
+    for cid in ("travel-desk", "ticket-intent"):
+        train = rows(tmp_path / "out" / cid / "train.jsonl")
+        tokens = sum(map(estimated_tokens, train))
+        assert tokens <= 6000 * 1.2, (cid, tokens)  # the budget, at the mean row length
+        sizes[cid] = len(train)
+    assert sizes["travel-desk"] < sizes["ticket-intent"] / 4, sizes
+    assert plan["travel-desk"]["train"] == sizes["travel-desk"]
