@@ -335,8 +335,9 @@ class Recipe(Section):
             entry["endpoint"] = {k: entry["endpoint"][k] for k in ("base_url", "model")}
         if entry.get("backend") is None:  # the default backend: the same runs as entries without the key
             entry.pop("backend", None)
-        if entry.get("template") is None:
-            entry.pop("template", None)
+        for key in ("template", "replay"):  # keys added later: unset, they leave the hash as it was
+            if entry.get(key) is None:
+                entry.pop(key, None)
         data["teacher_entry"] = entry
         data["sources_sha256"] = [
             getattr(c.params, "content_sha256", None) for c in self.prompts.train + self.prompts.eval

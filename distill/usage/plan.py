@@ -271,7 +271,8 @@ def write_cluster(entry: dict, folder: Path, settings: Settings, final: Path) ->
     short = student.rsplit("/", 1)[-1].removesuffix(".yaml")
     recipe_name = f"{short}-from-{teacher_name}.yaml"
     draft = Draft(entry["id"], task, teacher, student, f"{short}-{entry['id']}", verifier, files,
-                  with_tools=any(r["tools"] for r in rows), replayed=settings.targets == "logged", header=[
+                  with_tools=any(r["tools"] for r in rows), replayed=settings.targets == "logged",
+                  train_rows=len(train), header=[
                       f"Cluster {entry['id']}" + ("" if entry["label"] == entry["id"] else f" ({entry['label']})") + f": {task}, {len(rows)} usable logged calls of "
                       f"{', '.join(models)}; written by `distill usage plan`.",
                       f"Prompts: train.jsonl ({len(train)}) and heldout.jsonl ({len(held)}: {held_how}"

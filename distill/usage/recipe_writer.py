@@ -4,6 +4,7 @@ fits the task against the logged answers, and a student base that fits it. A pla
 
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass
 
@@ -35,6 +36,18 @@ class Draft:
     with_tools: bool
     header: list[str]
     replayed: bool = False  # the teacher replays the logged answers: one answer per call, nothing to sample
+    train_rows: int = 0  # training calls in train.jsonl
+
+
+# A small base learns a cluster's format and labels from a few dozen calls only over several passes:
+# enough for about this many updates of UPDATE_ROWS calls each, within MAX_EPOCHS passes.
+MIN_UPDATES, UPDATE_ROWS, MAX_EPOCHS = 32, 4, 8
+
+
+def epochs_for(rows: int) -> int:
+    """Passes over `rows` training calls that give a small base about MIN_UPDATES updates."""
+    per_epoch = max(1, math.ceil(rows / UPDATE_ROWS))
+    return max(1, min(MAX_EPOCHS, math.ceil(MIN_UPDATES / per_epoch)))
 
 
 def _source(f: PromptFile, with_tools: bool, task_type: str) -> dict:
@@ -64,10 +77,15 @@ def recipe(d: Draft) -> dict:
         student["template"] = student_base.template
     small = student_base is not None and student_base.params_b < 0.5
     # Rows longer than max_length are cut from the end, which would lose the answer: a tool call's
-    # prompt carries the tools' schemas (often over a thousand tokens).
-    train = ({"method": "full", "epochs": 1, "learning_rate": 0.0002, "batch_size": 4,
-              "max_length": 4096 if tools else 1024, "gradient_checkpointing": False} if small else
-             {"method": "full", "epochs": 2, "learning_rate": 0.00001, "batch_size": 8, "max_length": 4096})
+    # prompt carries the tools' schemas (often over a thousand tokens). Each update sees UPDATE_ROWS
+    # calls, unpacked; tool calls one at a time (accumulated), as a batch of long rows' logits over
+    # the whole vocabulary would take gigabytes.
+    if small:
+        train = {"method": "full", "epochs": epochs_for(d.train_rows * sampling["n"]), "learning_rate": 0.0002,
+                 "batch_size": 1 if tools else UPDATE_ROWS, "gradient_accumulation_steps": UPDATE_ROWS if tools else 1,
+                 "packing": False, "max_length": 4096 if tools else 1024, "gradient_checkpointing": False}
+    else:
+        train = {"method": "full", "epochs": 2, "learning_rate": 0.00001, "batch_size": 8, "max_length": 4096}
     return {
         "name": f"usage-{d.cluster}",
         "teacher": teacher,

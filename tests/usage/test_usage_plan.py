@@ -67,8 +67,14 @@ def test_every_written_recipe_validates(planned):
         assert teacher.backend is None and teacher.replay is not None and teacher.licence == "openai-api-terms"
         assert sorted(Path(f).name for f in teacher.replay.files) == ["heldout.jsonl", "train.jsonl"]
         assert recipe.sampling.n == 1 and recipe.sampling.constrained_calls is None
+        # Enough passes for a small base to see about 32 updates of 4 calls, at most 8; unpacked.
+        calls = len(rows(path.parent / "train.jsonl"))
+        train = recipe.train
+        assert train.epochs == min(8, max(1, -(-32 // -(-calls // 4)))) and not train.packing, (path, calls)
+        assert train.batch_size * train.gradient_accumulation_steps == 4
         if path.parent.name in ("travel-desk", "office-assistant"):
             assert recipe.student.template == "hermes" and recipe.verifiers[0].name == "tool-call"
+            assert train.batch_size == 1 and train.max_length == 4096  # one long row's logits at a time
         else:
             mode = "json" if path.parent.name == "ticket-fields" else "text"
             assert recipe.verifiers[0].name == "match" and recipe.verifiers[0].params.mode == mode
@@ -209,3 +215,10 @@ def test_a_token_budget_gives_long_tool_prompts_fewer_training_calls(planned, tm
         sizes[cid] = len(train)
     assert sizes["travel-desk"] < sizes["ticket-intent"] / 4, sizes
     assert plan["travel-desk"]["train"] == sizes["travel-desk"]
+
+
+@pytest.mark.parametrize("calls, epochs", [(1, 8), (8, 8), (20, 7), (40, 4), (128, 1), (4000, 1)])
+def test_a_small_base_gets_more_passes_over_fewer_calls(calls, epochs):
+    from distill.usage.recipe_writer import epochs_for
+
+    assert epochs_for(calls) == epochs
