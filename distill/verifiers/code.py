@@ -16,7 +16,8 @@ becomes as a string) holding an object with one or more of:
   passes when it exits 0 and its stdout equals "output" once trailing whitespace is stripped
   from every line and trailing blank lines are dropped.
 - asserts: each is one test, run after the program's code in the same file, in its own process,
-  so one failure does not hide the others. It passes when the process exits 0.
+  so one failure does not hide the others. It passes when the process exits 0 having run the
+  test code to its end (a program that exits 0 before it fails).
 - test_code: one test, run after the program's code like an assert.
 The program's code runs as the main module: an `if __name__ == "__main__":` block runs too, with
 an empty stdin. Other keys are errors (a typo is not silently "no tests").
@@ -37,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -169,11 +171,22 @@ def _limits(p: CodeParams) -> sandbox.Limits:
     )
 
 
-def _run(program: str, test: _Test, language: Language, limits: sandbox.Limits) -> sandbox.Result:
-    source = program if test.kind == "stdio" else f"{program.rstrip()}\n\n{test.code}\n"
+def _run(program: str, test: _Test, language: Language, limits: sandbox.Limits) -> tuple[sandbox.Result, bool]:
+    """The sandbox's result, and whether an assert or test_code ran to its end.
+
+    A program that exits 0 before the test code after it (`sys.exit(0)`, `os._exit(0)`, an
+    `if __name__ == "__main__":` block that exits) would pass every assert unrun: the test code
+    is followed by a line that writes a fresh random marker, and the test passes only when the
+    marker is in the output. A stdin/stdout test needs none: its output is compared.
+    """
     argv = [a.replace("{file}", language.file) for a in language.command]
-    stdin = test.stdin if test.kind == "stdio" else None
-    return sandbox.run(argv, files={language.file: source}, stdin=stdin, limits=limits)
+    if test.kind == "stdio":
+        return sandbox.run(argv, files={language.file: program}, stdin=test.stdin, limits=limits), True
+    marker = f"distill-tests-done-{secrets.token_hex(16)}"
+    source = (f"{program.rstrip()}\n\n{test.code}\n\n"
+              f"__import__('os').write(1, b'\\n{marker}\\n')\n")  # to the descriptor: sys.stdout may be replaced
+    result = sandbox.run(argv, files={language.file: source}, stdin=None, limits=limits)
+    return result, marker in result.stdout
 
 
 def _normalised(output: str) -> str:
@@ -192,8 +205,8 @@ def _last_line(stderr: str) -> str:
     return lines[-1] if lines else "no error message"
 
 
-def _failure(test: _Test, result: sandbox.Result, p: CodeParams) -> str | None:
-    """Why the test failed, or None when it passed."""
+def _failure(test: _Test, result: sandbox.Result, reached: bool, p: CodeParams) -> str | None:
+    """Why the test failed, or None when it passed (`reached`: the test code ran to its end)."""
     if result.timed_out:
         return f"timeout after {p.timeout_seconds:g}s"
     if result.killed == "output limit":
@@ -207,6 +220,8 @@ def _failure(test: _Test, result: sandbox.Result, p: CodeParams) -> str | None:
         if test.kind == "assert" and last.startswith("AssertionError"):
             return f"assertion failed: {_shown(test.code.strip())}"
         return f"exit code {result.exit_code}: {last}"
+    if not reached:
+        return "the program exited before the test ran to its end"
     if test.kind == "stdio":
         got, want = _normalised(result.stdout), _normalised(test.expected)
         if got != want:
@@ -278,12 +293,12 @@ def verify_code(completions: list[str], references: list[str | None], params: Co
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="code-verifier") as pool:
         futures = {job: pool.submit(_run, *job, language, limits) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
-    for result in results.values():
+    for result, _ in results.values():
         _log_missing(result)
     for i, plan in enumerate(plans):
         if plan is None:
             continue
         program, tests = plan
-        failures = [_failure(test, results[(program, test)], params) for test in tests]
+        failures = [_failure(test, *results[(program, test)], params) for test in tests]
         verdicts[i] = Verdict(failures.count(None) / len(tests), _summary(failures))
     return verdicts  # type: ignore[return-value]

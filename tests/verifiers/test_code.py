@@ -148,6 +148,18 @@ def test_code_table(completion, reference, expected):
          "test 2: assertion failed: 'assert add(-1, 1) == 0'"),
         (ADD_FUNCTION, json.dumps({"test_code": "assert add(1, 2) == 4, 'add is off'"}), {},
          "0/1 tests passed; test 1: exit code 1: AssertionError: add is off"),
+        # Exiting 0 before the asserts appended after the program does not pass them unrun.
+        (fenced("import sys\ndef add(a, b):\n    return a - b\nsys.exit(0)"), ADD_ASSERTS, {},
+         "0/3 tests passed; tests 1, 2, 3: the program exited before the test ran to its end"),
+        (fenced("import os\ndef add(a, b):\n    return 0\nif __name__ == '__main__':\n    os._exit(0)"),
+         json.dumps({"test_code": "assert add(1, 2) == 3"}), {},
+         "0/1 tests passed; test 1: the program exited before the test ran to its end"),
+        # Output swallowed by the program does not hide that the tests ran.
+        (fenced("import io, sys\nsys.stdout = io.StringIO()\ndef add(a, b):\n    return a + b"), ADD_ASSERTS, {},
+         "3/3 tests passed"),
+        # A stdin/stdout test may exit 0 on its own: its output is what counts.
+        (fenced("import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\nsys.exit(0)"), SUM_TESTS, {},
+         "2/2 tests passed"),
         ("No code here.", SUM_TESTS, {}, "no program: no non-empty fenced code block"),
         (ADD_STDIN, None, {}, "no reference"),
         (ADD_STDIN, "{}", {}, "reference has no tests"),
