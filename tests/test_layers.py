@@ -22,7 +22,7 @@ LAYERS = [
     ["distill.recipe"],
     ["distill.run", "distill.training", "distill.tracking"],
     ["distill.stages", "distill.lineage_store"],
-    ["distill.pipeline", "distill.jobs", "distill.usage"],
+    ["distill.pipeline", "distill.jobs", "distill.usage", "distill.serve"],
     ["distill.cli"],
 ]
 BOTTOM = LAYERS[0]

@@ -1,4 +1,4 @@
-"""`distill usage import | clusters | plan | convert | demo-logs`: agent usage logs into a log store
+"""`distill usage import | clusters | plan | convert | serve-config | demo-logs`: agent usage logs into a log store
 (redacted before anything is written), the recurring tasks in it, a recipe for each worth
 converting, the conversion itself (baselines, fine-tunes, a gate, a report), and a seeded agent's
 logs to try them on."""
@@ -6,6 +6,7 @@ logs to try them on."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import List, Optional
@@ -302,6 +303,45 @@ def convert_command(
     if result["failed"]:
         err.print(f"failed: {', '.join(result['failed'])}; rerun the same command to resume them", highlight=False)
         raise typer.Exit(1)
+
+
+@usage_app.command("serve-config")
+def serve_config_command(
+    conversion: Path = typer.Argument(..., metavar="DIR", help="a conversion's folder (distill usage convert --out DIR)"),
+    fallback_url: str = typer.Option(..., "--fallback-url", metavar="URL", help="the large model's OpenAI-compatible "
+                                     "API, e.g. https://api.openai.com/v1"),
+    fallback_model: str = typer.Option(..., "--fallback-model", metavar="MODEL", help="the large model's name there"),
+    fallback_key_env: Optional[str] = typer.Option(None, "--fallback-key-env", metavar="VAR", help="the environment "
+                                                   "variable holding its API key (never written anywhere)"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="the config to write (default: DIR/serve.yaml)"),
+):
+    """Write what `distill serve` needs from a conversion: the request classifier learnt from the
+    store's clusters (DIR/classifier.json) and a serving config with a cascade student for every
+    promoted cluster, the others left to the fallback."""
+    from distill.serve.config import write_starting_config
+    from distill.usage.classifier import ClassifierError, RequestClassifier
+    from distill.usage.store import StoreError
+
+    result_path, out = conversion / "convert.json", out or conversion / "serve.yaml"
+    try:
+        store = json.loads(result_path.read_text())["store"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        err.print(f"{result_path}: no conversion's result to read ({e}); run `distill usage convert STORE --out "
+                  f"{conversion}` first", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        classifier = RequestClassifier.fit(store)
+        classifier.save(conversion / "classifier.json")
+        where = os.path.relpath((conversion / "classifier.json").resolve(), out.resolve().parent)  # as the config reads it
+        notes = write_starting_config(result_path, out, where,
+                                      {"base_url": fallback_url, "model": fallback_model, "api_key_env": fallback_key_env})
+    except (StoreError, ClassifierError, ValueError) as e:
+        err.print(f"{e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    for note in notes:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"classifier: {conversion / 'classifier.json'}; config: {out}; start it with: distill serve {out}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @usage_app.command("demo-logs")

@@ -33,7 +33,8 @@ def start_tool_server(model: str, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
            "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.1",
            "--max-model-len", "2048",
-           "--dtype", "bfloat16" if cpu_has_bf16() else "float32",  # emulated bf16 is several times slower "--chat-template", str(template),
+           "--dtype", "bfloat16" if cpu_has_bf16() else "float32",  # emulated bf16 is several times slower
+           "--chat-template", str(template),
            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -52,9 +53,6 @@ def requests_for(rows: list[dict], samples: int, with_tools: bool) -> list[dict]
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="vLLM 0.32's server renders the request without its tools when the template "
-                   "comes from --chat-template (prompt tokens and /tokenize are the same with and without tools); "
-                   "cause not found yet")
 def test_tools_go_to_a_real_vllm_serve_and_its_parsed_calls_become_the_completion(tmp_path):
     model = model_path(load_teacher("smollm2-135m-instruct"))
     port, log = free_port(), tmp_path / "vllm.log"

@@ -37,3 +37,23 @@ def test_a_refused_licence_converts_nothing_and_says_why(tmp_path):
     assert any("licence refused" in r for r in cluster["plan_reasons"])
     assert (tmp_path / "out" / "report.html").exists()
     assert "0%" in result.output  # the share of calls moved
+
+
+def test_serve_config_writes_a_classifier_and_a_config_that_loads(tmp_path):
+    from distill.serve.config import load_config
+    from distill.usage.classifier import RequestClassifier
+
+    store = claude_store(tmp_path, "claude-3-5-sonnet")
+    assert run(store, "--out", str(tmp_path / "out"), "--min-calls", "10").exit_code == 0
+    result = CliRunner().invoke(app, ["usage", "serve-config", str(tmp_path / "out"), "--fallback-url",
+                                      "http://127.0.0.1:9/v1", "--fallback-model", "claude-3-5-sonnet"])
+    assert result.exit_code == 0, result.output
+    (cluster,) = json.loads((tmp_path / "out" / "convert.json").read_text())["clusters"]
+    assert f"{cluster['id']}: not-converted; the fallback answers it" in result.output
+    config = load_config(tmp_path / "out" / "serve.yaml")
+    assert config.students == [] and config.fallback.model == "claude-3-5-sonnet"
+    assert RequestClassifier.load(config.classifier).stale(store) is None  # learnt from that store, as it is
+
+    missing = CliRunner().invoke(app, ["usage", "serve-config", str(tmp_path / "none"), "--fallback-url", "u",
+                                       "--fallback-model", "m"])
+    assert missing.exit_code == 2 and "run `distill usage convert" in missing.output and "Traceback" not in missing.output
