@@ -4,7 +4,7 @@ DEMO ?= recipes/demo/smollm2-135m-from-smollm2-135m.yaml
 DEMO_AGENT ?= recipes/agent/smollm2-135m-from-smollm2-135m.yaml
 USAGE_DEMO ?= runs/usage-demo
 # The usage demo's size: training and held-out calls per task cluster (docs/usage-logs.md).
-USAGE_CAPS ?= --max-train 48 --max-heldout 24
+USAGE_CAPS ?= --max-train 40 --max-train-tokens 6000 --max-heldout 12
 
 .PHONY: install demo demo-agent demo-usage test test-fast bench clean
 

@@ -102,6 +102,7 @@ def _postprocess(row: dict) -> dict:
         "completion_tokens": int(row.get("num_generated_tokens") or 0),
         "last_token": int(tokens[-1]) if tokens is not None and len(tokens) else -1,
         "replica": row.get("replica") or "",
+        "seconds": float(row.get("time_taken_llm") or 0.0),  # in the engine, from submission to the last token
         "error": "",
     }
 
@@ -314,8 +315,12 @@ class VLLMRayBackend:
         if max_model_len := self.kwargs.get("max_model_len"):
             hit_budget = hit_budget or int(row["prompt_tokens"]) + n >= max_model_len
         finish = "length" if hit_budget and int(row["last_token"]) not in self.eos_ids else "stop"
-        return {"work_id": row["work_id"], "text": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
-                "completion_tokens": n, "finish_reason": finish, "error": "", "replica": _text(row.get("replica"))}
+        out = {"work_id": row["work_id"], "text": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
+               "completion_tokens": n, "finish_reason": finish, "error": "", "replica": _text(row.get("replica"))}
+        seconds = row.get("seconds")
+        if isinstance(seconds, (int, float)) and seconds > 0:  # absent (a test's row) or NaN from pandas: left out
+            out["seconds"] = float(seconds)
+        return out
 
 
 @BACKENDS.register("vllm-ray")

@@ -71,27 +71,49 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
     if progress:
         progress.start(total=len(work))
     results = []
-    started, first = time.time(), None
+    started, first, engine_from = time.time(), None, None
     for batch in backend.generate(work):
         results.extend(batch)
         if first is None:
             first = (time.time(), len(batch))
+        engine_from = first_submitted(batch, engine_from)
         if progress:
             progress.advance(len(batch))
-    run.files.write_json(run.files.eval_dir / f"{role}.timing.json", answer_timing(started, first, len(results)))
+    run.files.write_json(run.files.eval_dir / f"{role}.timing.json",
+                         answer_timing(started, first, len(results), engine_from))
     return write_answers(run, role, model, prompts, work, results, judge)
 
 
-def answer_timing(started: float, first: tuple[float, int] | None, answers: int) -> dict:
-    """How long a model took to answer: in all, and per answer after its first batch of results
-    (`steady_seconds_per_answer`: the engine's start and warm-up left out, None when one batch
-    held every answer). What serving the model costs is priced from it."""
+def first_submitted(batch: list[dict], earliest: float | None) -> float | None:
+    """The earliest time a request of the results so far reached the engine: each result that
+    says how long it spent in the engine (`seconds`, the vLLM-on-Ray backend's) went in at the
+    latest that long before its batch came back."""
+    now = time.time()
+    starts = [now - r["seconds"] for r in batch if r.get("seconds")]
+    return min([*starts, *([earliest] if earliest is not None else [])], default=None)
+
+
+def answer_timing(started: float, first: tuple[float, int] | None, answers: int,
+                  engine_from: float | None = None) -> dict:
+    """How long a model took to answer: in all; per answer while its engine worked
+    (`engine_seconds_per_answer`: from the first request reaching the started engine to the
+    last result, over the answers, so the engine's start is left out; None when the backend does
+    not say how long requests spent in it); and per answer after its first batch of results
+    (`steady_seconds_per_answer`, None when one batch held every answer; an engine that runs
+    all the requests together returns its batches at nearly the same time, so this one reads far
+    too low then). What serving the model costs is priced from the first, else the second."""
     end = time.time()
     steady = None
     if first is not None and answers > first[1] and end > first[0]:
         steady = (end - first[0]) / (answers - first[1])
+    engine = (end - engine_from) / answers if engine_from is not None and answers and end > engine_from else None
     return {"answers": answers, "seconds": end - started, "first_batch_seconds": first[0] - started if first else None,
-            "steady_seconds_per_answer": steady}
+            "engine_seconds_per_answer": engine, "steady_seconds_per_answer": steady}
+
+
+def seconds_per_answer(timing: dict) -> float | None:
+    """What a model's answer costs in time, from answer_timing's figures (None: not measured)."""
+    return timing.get("engine_seconds_per_answer") or timing.get("steady_seconds_per_answer")
 
 
 def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: list[dict], results: list[dict],

@@ -251,16 +251,17 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
         bar = progress_factory(f"baselines of {base}") if progress_factory else None
         if bar:
             bar.start(total=len(work))
-        started, first, results = time.time(), None, []
+        from distill.stages.evaluate import answer_timing, first_submitted, seconds_per_answer
+
+        started, first, engine_from, results = time.time(), None, None, []
         for batch in serve(model).generate(work):
             results += batch
             if first is None:
                 first = (time.time(), len(batch))
+            engine_from = first_submitted(batch, engine_from)
             if bar:
                 bar.advance(len(batch))
-        from distill.stages.evaluate import answer_timing
-
-        timing = answer_timing(started, first, len(results))
+        timing = answer_timing(started, first, len(results), engine_from)
         groups: dict[tuple[str, int], list[dict]] = {}
         for r in results:
             c, recipe, p, shots = meta[r["work_id"]]
@@ -274,7 +275,7 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
             scored = [{"completion": r["text"], "correct": accepted(v, r["error"])} for r, v in zip(rows, verdicts)]
             s = score(c["task_type"], scored, labels_of(plan_dir / cid))
             c["baselines"].append({"model": base, "shots": shots, **s, "relative": relative(s["accuracy"], c["llm_accuracy"]),
-                                   "seconds_per_call": timing["steady_seconds_per_answer"]})
+                                   "seconds_per_call": seconds_per_answer(timing)})
 
 
 # ---- the fine-tune --------------------------------------------------------------------------
@@ -284,6 +285,7 @@ def fine_tune(c: dict, plan_dir: Path, progress_factory=None) -> dict:
     results: greedy accuracy relative to the logged answers, format errors, seconds per answer."""
     from distill.pipeline import run_pipeline
     from distill.recipe import load_recipe
+    from distill.stages.evaluate import seconds_per_answer
 
     recipe = load_recipe(plan_dir / c["recipe"])
     recipe = recipe.model_copy(update={"output_dir": str(plan_dir / RUNS)})
@@ -299,7 +301,7 @@ def fine_tune(c: dict, plan_dir: Path, progress_factory=None) -> dict:
             "card": str(files.model_card), "accuracy": s["accuracy"], "pass@1": metrics["student"]["pass@1"],
             "format_errors": s["format_errors"], "answers": s["answers"],
             "llm_accuracy": metrics["teacher"]["greedy_accuracy"],
-            "seconds_per_call": timing.get("steady_seconds_per_answer"),
+            "seconds_per_call": seconds_per_answer(timing),
             "train_rows": manifest.get("rows")}
 
 
@@ -355,17 +357,22 @@ def decide(c: dict, gate: Gate) -> None:
 
 
 def overall(clusters: list[dict], all_calls: int, days: float) -> dict:
+    """The agent's share of calls moved and the saving. Costs add up over the clusters whose cost
+    is known before and after (`cost_unknown_for` lists the others): one model missing from the
+    price table, or a small model whose time was not measured, does not hide the rest."""
     moved = sum(c["calls"] for c in clusters if c["decision"].startswith("promote"))
-    before = [c["llm_cost_per_day"] for c in clusters]
-    after = [c["cost_per_day_after"] if c["decision"].startswith("promote") else c["llm_cost_per_day"] for c in clusters]
-    known = None not in before and None not in after
-    saving = sum(before) - sum(after) if known else None
+
+    def after(c):
+        return c["cost_per_day_after"] if c["decision"].startswith("promote") else c["llm_cost_per_day"]
+
+    known = [c for c in clusters if c["llm_cost_per_day"] is not None and after(c) is not None]
+    before, later = sum(c["llm_cost_per_day"] for c in known), sum(after(c) for c in known)
+    saving = before - later if known else None
     return {"calls": all_calls, "calls_moved": moved, "share_moved": moved / all_calls if all_calls else None,
-            "llm_cost_per_day": sum(before) if None not in before else None,
-            "cost_per_day_after": sum(after) if known else None, "saving_per_day": saving,
-            "saving_share": saving / sum(before) if known and sum(before) else None,
+            "llm_cost_per_day": before if known else None, "cost_per_day_after": later if known else None,
+            "saving_per_day": saving, "saving_share": saving / before if known and before else None,
             "projected_saving_per_month": saving * 30 if saving is not None else None,
-            "cost_unknown_for": [c["id"] for c in clusters if c["llm_cost_per_day"] is None]}
+            "cost_unknown_for": [c["id"] for c in clusters if c not in known]}
 
 
 def card_section(c: dict, result_at: str) -> str:

@@ -230,5 +230,6 @@ def summary_lines(result: dict) -> list[str]:
     o = result.get("overall") or {}
     lines.append(f"Small models take {_pct(o.get('share_moved'))} of the calls ({_number(o.get('calls_moved'))} of "
                  f"{_number(o.get('calls'))}); projected saving {_money(o.get('saving_per_day'))} a day, "
-                 f"{_money(o.get('projected_saving_per_month'))} per 30-day month.")
+                 f"{_money(o.get('projected_saving_per_month'))} per 30-day month"
+                 + (f" (cost unknown for {', '.join(o['cost_unknown_for'])})." if o.get("cost_unknown_for") else "."))
     return lines

@@ -193,3 +193,18 @@ def test_one_engine_per_base_is_fair_to_clusters_without_tools():
     own = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert own == tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True,
                                           chat_template=resolve("hermes").text)
+
+
+def test_the_saving_adds_up_the_clusters_whose_costs_are_known_and_names_the_rest():
+    from distill.usage.convert import overall
+
+    clusters = [cluster(id="a", decision="promote-student", calls=60, llm_cost_per_day=0.5, cost_per_day_after=0.1),
+                cluster(id="b", decision="keep-llm", calls=30, llm_cost_per_day=0.2, cost_per_day_after=0.2),
+                cluster(id="c", decision="promote-student", calls=9, llm_cost_per_day=0.3, cost_per_day_after=None),
+                cluster(id="d", decision="not-converted", calls=1, llm_cost_per_day=None, cost_per_day_after=None)]
+    o = overall(clusters, 100, 7.0)
+    assert o["calls_moved"] == 69 and o["share_moved"] == pytest.approx(0.69)
+    assert o["llm_cost_per_day"] == pytest.approx(0.7) and o["cost_per_day_after"] == pytest.approx(0.3)
+    assert o["saving_per_day"] == pytest.approx(0.4) and o["projected_saving_per_month"] == pytest.approx(12.0)
+    assert o["cost_unknown_for"] == ["c", "d"]
+    assert overall([clusters[3]], 1, 7.0)["saving_per_day"] is None
