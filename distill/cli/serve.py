@@ -1,5 +1,6 @@
 """`distill serve CONFIG`: the students and the fallback model behind one OpenAI-compatible
-endpoint (Ray Serve), every call routed, checked and logged."""
+endpoint (Ray Serve), every call routed, checked and logged. `distill serve-replay`: a
+conversion's held-out calls through the same routing, and the calibration of its thresholds."""
 
 from __future__ import annotations
 
@@ -48,3 +49,55 @@ def serve_command(
         console.print("stopping", highlight=False)
     finally:
         stop()
+
+
+@app.command("serve-replay")
+def serve_replay_command(
+    conversion: str = typer.Argument(..., metavar="CONVERSION_DIR", help="a conversion's folder (distill usage "
+                                     "convert --out DIR): its clusters' heldout.jsonl are replayed"),
+    config: str = typer.Option(..., "--config", metavar="CONFIG", help="the serving config (YAML; docs/serving.md)"),
+    limit: int = typer.Option(None, "--limit", metavar="N", help="at most N held-out calls per cluster"),
+    keep: float = typer.Option(0.9, "--keep", metavar="X", help="calibration target: the min_confidence that sends "
+                               "the fewest calls to the LLM while keeping X of its accuracy"),
+    max_llm_share: float = typer.Option(None, "--max-llm-share", metavar="Y", help="calibration target: the "
+                                        "min_confidence with the best accuracy sending at most Y of the calls to the LLM"),
+    hardware_usd_per_hour: float = typer.Option(None, "--hardware-usd-per-hour", help="the students' hardware price "
+                                                "(default: convert's setting)"),
+    prices: str = typer.Option(None, "--prices", metavar="FILE", help="the logged models' price table (default: "
+                               "convert's)"),
+    as_json: bool = typer.Option(False, "--json", help="print replay.json's summary as JSON"),
+):
+    """Replay a conversion's held-out logged calls through the router (in-process, the students on
+    vLLM, the logged model as the fallback): accuracy vs the LLM-only answers, the students' share,
+    cost per 1,000 calls, latency, and the calibration of min_confidence. Writes replay.json and
+    replay.html into CONVERSION_DIR."""
+    import json
+
+    from distill.serve.config import ConfigError, load_config
+    from distill.serve.replay import ReplayError, Settings, replay_conversion
+    from distill.serve.replay_report import summary_lines
+    from distill.usage.prices import PriceError
+
+    for name, value in (("--keep", keep), ("--max-llm-share", max_llm_share)):
+        if value is not None and not 0 <= value <= 1:
+            err.print(f"{name} {value}: give a share between 0 and 1, e.g. 0.9", highlight=False)
+            raise typer.Exit(2)
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    settings = Settings(limit=limit, hardware_usd_per_hour=hardware_usd_per_hour, prices=prices, keep=keep,
+                        max_llm_share=max_llm_share)
+    say = (lambda _: None) if as_json else (lambda line: console.print(line, markup=False, highlight=False))
+    try:
+        result = replay_conversion(conversion, cfg, settings, say=say)
+    except (ReplayError, PriceError) as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("calls", "config")}, indent=1, default=str))
+        return
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"replay.json and replay.html written to {conversion}", markup=False, highlight=False)
