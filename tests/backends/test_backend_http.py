@@ -308,6 +308,35 @@ def test_reasoning_returned_apart_is_joined_back_as_a_think_block(fake):
     assert rows["p0:0"]["text"] == "<think>\n2 + 3 = 5\n</think>\n\n5"
 
 
+def test_tools_are_sent_and_the_servers_parsed_calls_become_the_completion(fake):
+    from distill.verifiers.tool_call import parse_tool_calls
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+    def answer(body, attempt):
+        message = {"role": "assistant", "content": "Checking." if body["messages"][-1]["content"] == "q0" else None,
+                   "tool_calls": [{"id": "c1", "type": "function",
+                                   "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+                                  {"id": "c2", "type": "function", "function": {"name": "get_weather",
+                                                                                "arguments": "not json"}}]}
+        return {"json": {"id": "x", "object": "chat.completion", "model": body["model"],
+                         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                         "usage": {"prompt_tokens": 50, "completion_tokens": 9}}}
+
+    fake.script = answer
+    requests = [{**w, "tools": tools} for w in work(2)]
+    rows = run(OpenAIHTTPBackend(teacher(fake.url), batch_size=2), requests)
+    assert [c["body"]["tools"] for c in fake.calls] == [tools, tools]
+    for wid, content in (("p0:0", "Checking."), ("p1:0", None)):
+        r = rows[wid]
+        assert r["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Oslo"}},
+                                   {"name": "get_weather", "arguments": "not json"}]  # kept as the server gave it
+        assert r["finish_reason"] == "stop" and r["text"].count("<tool_call>") == 2
+        assert r["text"].startswith("Checking.\n<tool_call>") if content else r["text"].startswith("<tool_call>")
+        assert parse_tool_calls(r["text"].split("</tool_call>")[0] + "</tool_call>")[0][:2] == ("get_weather", {"city": "Oslo"})
+
+
 def test_a_malformed_answer_is_an_error_row(fake):
     fake.script = lambda body, attempt: {"json": {"object": "error"}}
     rows = run(OpenAIHTTPBackend(teacher(fake.url), **FAST), work(1))
