@@ -263,6 +263,8 @@ def convert_command(
                                             "not parse (a malformed call, no JSON, an unknown label)"),
     shots: int = typer.Option(3, "--shots", help="training calls shown as examples in the few-shot baseline (0: none)"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="try the bases as they are first"),
+    min_train: int = typer.Option(8, "--min-train", metavar="N", help="training calls (after the caps) a fine-tune "
+                                  "needs; a cluster with fewer stays with the logged model"),
     hardware: str = typer.Option("2-core CPU", "--hardware", help="what the small models' serving is priced as"),
     hardware_usd_per_hour: float = typer.Option(0.10, "--hardware-usd-per-hour", help="that hardware's price an hour"),
     prices: Optional[Path] = typer.Option(None, "--prices", metavar="FILE", help="the logged models' price table "
@@ -285,7 +287,7 @@ def convert_command(
     settings = plan_settings(min_calls, heldout, split, seed, targets, teacher, student, judge, logged_licence, key,
                              max_train, max_heldout, max_train_tokens)
     gate = Gate(min_relative=min_relative, max_format_errors=max_format_errors, shots=shots, baselines=baselines,
-                hardware=hardware, hardware_usd_per_hour=hardware_usd_per_hour, prices=str(prices) if prices else None)
+                min_train=min_train, hardware=hardware, hardware_usd_per_hour=hardware_usd_per_hour, prices=str(prices) if prices else None)
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)

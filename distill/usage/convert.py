@@ -57,6 +57,7 @@ class Gate:
     max_format_errors: float = 0.05  # share of answers that do not parse as the task's answer
     shots: int = 3  # training calls shown as examples in the few-shot baseline; 0: no few-shot baseline
     baselines: bool = True  # try the bases as they are before fine-tuning
+    min_train: int = 8  # training calls (after the plan's caps) a fine-tune needs; fewer: the logged model keeps the cluster
     hardware: str = "2-core CPU"  # where the small models' seconds per answer are measured
     hardware_usd_per_hour: float = 0.10  # what that hardware costs an hour
     prices: str | None = None  # the logged models' price table; None: the shipped one
@@ -67,6 +68,8 @@ def check(gate: Gate) -> None:
         raise ConvertError(f"--min-relative {gate.min_relative}: give a share of the logged model's accuracy, e.g. 0.9")
     if not 0 <= gate.max_format_errors <= 1:
         raise ConvertError(f"--max-format-errors {gate.max_format_errors}: give a share between 0 and 1, e.g. 0.05")
+    if gate.min_train < 1:
+        raise ConvertError(f"--min-train {gate.min_train}: give 1 or more training calls")
     if gate.shots < 0:
         raise ConvertError(f"--shots {gate.shots}: give 0 (no few-shot baseline) or more")
     if gate.hardware_usd_per_hour < 0:
@@ -349,6 +352,8 @@ def decide(c: dict, gate: Gate) -> None:
     else:
         c["decision"], c["model"] = "keep-llm", ", ".join(c["logged_models"])
         c["cost_per_call_after"] = c["llm_cost_per_call"]
+        if c.get("no_fine_tune"):
+            reasons.append(c["no_fine_tune"])
     c["reasons"] = reasons
     after = c["cost_per_call_after"]
     c["cost_per_day_after"] = None if after is None else after * c["calls_per_day"]
@@ -456,7 +461,7 @@ def convert_store(uri: str, plan_dir: str | Path, settings: Settings | None = No
                       and old.get("decision") not in (None, "failed"))
         c["change"] = _change(c, old, reused)
         if reused:
-            for key in ("baselines", "student", "llm_accuracy", "baseline_note"):
+            for key in ("baselines", "student", "llm_accuracy", "baseline_note", "no_fine_tune"):
                 if key in old:
                     c[key] = old[key]
         elif c["chosen_by_plan"]:
@@ -469,6 +474,12 @@ def convert_store(uri: str, plan_dir: str | Path, settings: Settings | None = No
     for c in todo:
         if any(not passes(b, gate) for b in c["baselines"]):
             say(f"{c['id']}: a base passes the gate as it is; no fine-tune")
+            continue
+        trained = sum(1 for p in sorted((plan_dir / c["id"]).glob("train*.jsonl")) for line in p.open() if line.strip())
+        if trained < gate.min_train:
+            c["no_fine_tune"] = (f"no fine-tune: {trained} training call(s) under the plan's caps, fewer than the "
+                                 f"{gate.min_train} one needs (--min-train); raise --max-train or --max-train-tokens")
+            say(f"{c['id']}: {c['no_fine_tune']}")
             continue
         say(f"{c['id']}: fine-tuning {c['recipe']}")
         try:

@@ -33,7 +33,8 @@ def test_logs_to_promotion_decisions_and_a_report_with_nothing_personal_left(tmp
     (tmp_path / "logs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     cli("usage", "import", "logs.jsonl", "--to", "store", cwd=tmp_path)
     out = cli("usage", "convert", "store", "--out", "conversion", "--max-train", "8", "--max-heldout", "6",
-              "--max-train-tokens", "2000", "--min-calls", "10", "--shots", "2", cwd=tmp_path)
+              "--max-train-tokens", "2000", "--min-train", "1", "--min-calls", "10", "--shots", "2",
+              cwd=tmp_path)
     result = json.loads((tmp_path / "conversion" / "convert.json").read_text())
     clusters = {c["id"]: c for c in result["clusters"]}
     assert set(KEPT) <= set(clusters), clusters.keys()

@@ -179,6 +179,27 @@ def test_a_whole_conversion_then_an_incremental_one(demo, tmp_path, monkeypatch)
     assert len(trained) > 3 and len(stand.served) == 2
 
 
+def test_a_cluster_with_too_few_training_calls_under_the_caps_is_not_fine_tuned(demo, tmp_path, monkeypatch):
+    import distill.usage.convert as convert
+
+    shutil.copytree(demo.store, tmp_path / "store")
+    trained: list[str] = []
+    monkeypatch.setattr(convert, "fine_tune", fake_fine_tune(trained))
+    out = tmp_path / "out"
+    # A token budget that leaves the tool clusters (long prompts: the tools' schemas) a few calls.
+    result = convert_store(str(tmp_path / "store"), out, Settings(max_train=30, max_heldout=12, max_train_tokens=3000),
+                           Gate(min_train=8), say=lambda _: None, serve=Stand(out))
+    c = {x["id"]: x for x in result["clusters"]}
+    for cid in ("travel-desk", "office-assistant"):
+        calls = len((out / cid / "train.jsonl").read_text().splitlines())
+        assert calls < 8 and cid not in trained and c[cid]["decision"] == "keep-llm", (cid, calls)
+        assert c[cid]["reasons"][-1] == (f"no fine-tune: {calls} training call(s) under the plan's caps, fewer than the "
+                                         "8 one needs (--min-train); raise --max-train or --max-train-tokens")
+    assert "ticket-fields" in trained  # short prompts: enough calls under the same budget
+    with pytest.raises(ConvertError, match="--min-train 0"):
+        convert_store(str(tmp_path / "store"), out, gate=Gate(min_train=0), say=lambda _: None)
+
+
 def test_one_engine_per_base_is_fair_to_clusters_without_tools():
     """The baselines serve a base with its tool clusters' template (hermes for SmolLM2) for every
     cluster; for a conversation without tools it writes exactly what the model's own template does."""
