@@ -4,7 +4,9 @@ Each line is an object with `request` (the body sent to `chat.completions.create
 tools, model, sampling parameters) and `response` (the ChatCompletion that came back:
 `choices[0].message` with its `tool_calls`, `usage`, `model`), and optionally `timestamp` (ISO
 8601 or epoch seconds), `workload_id`, `client_id` and `latency_ms`: NVIDIA Data Flywheel's
-record. A failed call has an `error` object in place of, or inside, the response.
+record. A failed call has an `error` object in place of, or inside, the response. A call that
+`distill serve` logged with a student in `route.answered_by` is marked `by-student`: its answer
+is the student's own, not the large model's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from distill.prompts import conversation
 from distill.usage.records import Call, Malformed, Source, answer_turn, call_id, message_problems, parse_time
 
 NAME = "openai"
+STUDENT = "by-student"  # the status of a served call a student answered
 DESCRIPTION = "JSON lines of chat-completions request/response pairs (NVIDIA Data Flywheel's records)"
 
 
@@ -91,10 +94,15 @@ def parse_record(record: Any, source: Source) -> Call | Malformed:
         completion_tokens=_int(usage.get("completion_tokens")),
         latency_ms=float(latency) if latency is not None else None,
     )
+    route = record.get("route")  # distill serve's log: who answered
+    answered_by = route.get("answered_by") if isinstance(route, dict) else None
     if error is not None:
         call.status, call.status_reason = "error", _error_text(error)
     elif bad_arguments:
         call.status, call.status_reason = "bad-arguments", bad_arguments
+    elif answered_by not in (None, "llm", "none"):
+        # A distilled student's own answer: the next round learns from the large model's answers.
+        call.status, call.status_reason = STUDENT, f"answered by the small model {answered_by} (distill serve)"
     return call
 
 

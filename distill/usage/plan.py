@@ -29,6 +29,7 @@ from pathlib import Path
 
 from distill import storage
 from distill.lineage import code_version
+from distill.usage.openai_log import STUDENT
 from distill.usage import export
 from distill.usage.catalogues import candidates, logged_licence, model_key, parse_overrides
 from distill.usage.recipe_writer import Draft, PromptFile, render
@@ -149,7 +150,7 @@ def assess(cluster: dict, calls: list[dict], settings: Settings) -> dict:
     worth converting (none: chosen, subject to the licence). `_rows` holds its prompt rows."""
     pairs, fallback = parse_overrides(settings.logged_licence)
     task = cluster["task_type"]
-    failed = sum(c["status"] != "ok" for c in calls)
+    failed = sum(c["status"] not in ("ok", STUDENT) for c in calls)  # a student's answer is no failure
     models: dict[str, dict] = {}
     for c in calls:
         name = c["model"] or c["response_model"] or "(not logged)"

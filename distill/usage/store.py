@@ -53,7 +53,7 @@ CALL_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
     ("latency_ms", pa.float64()),
-    ("status", pa.string()),  # ok | error | bad-arguments | retried
+    ("status", pa.string()),  # ok | error | bad-arguments | retried | by-student
     ("status_reason", pa.string()),
     ("duplicate", pa.string()),  # null | exact | near
     ("duplicate_of", pa.string()),  # the call_id of the first call of its cluster

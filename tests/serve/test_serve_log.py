@@ -77,7 +77,9 @@ def test_distill_usage_import_reads_the_served_log(tmp_path, classifier_file):
     by_answer = {r["response_model"]: r for r in rows}
     assert set(by_answer) == {"weather-student", "big-llm-2025", None}
     student = by_answer["weather-student"]
-    assert student["status"] == "ok" and student["completion"][0]["tool_calls"][0]["function"]["name"] == "get_weather"
+    # The student's own answer is kept apart: the next round learns from the large model's answers.
+    assert student["status"] == "by-student" and by_answer["big-llm-2025"]["status"] == "ok"
+    assert student["completion"][0]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert json.loads(student["tools"])[0]["function"]["name"] == "get_weather"
     assert by_answer[None]["status"] == "error"
 

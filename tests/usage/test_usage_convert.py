@@ -229,3 +229,43 @@ def test_the_saving_adds_up_the_clusters_whose_costs_are_known_and_names_the_res
     assert o["saving_per_day"] == pytest.approx(0.4) and o["projected_saving_per_month"] == pytest.approx(12.0)
     assert o["cost_unknown_for"] == ["c", "d"]
     assert overall([clusters[3]], 1, 7.0)["saving_per_day"] is None
+
+
+def test_the_flywheel_a_served_log_comes_back_as_new_calls_and_the_students_own_answers_are_no_targets(
+        demo, tmp_path, monkeypatch):
+    """distill serve's log (the openai format plus `route`) imported into the same store: the calls
+    the large model answered become the next round's data, and convert redoes their clusters; the
+    calls a student answered are kept apart (`by-student`) and are in no prompt file."""
+    import distill.usage.convert as convert
+    from distill.usage.store import UsageStore
+    from distill.usage.synthetic import generate_logs
+
+    shutil.copytree(demo.store, tmp_path / "store")
+    store, out = str(tmp_path / "store"), tmp_path / "out"
+    trained: list[str] = []
+    monkeypatch.setattr(convert, "fine_tune", fake_fine_tune(trained))
+    settings = Settings(max_train=None, max_heldout=12)
+    convert_store(store, out, settings, Gate(), say=lambda _: None, serve=Stand(out))
+    served = generate_logs(200, seed=23, untagged=0.3)
+    by_student = 0
+    for i, (record, workload) in enumerate(zip(served.records, served.workloads)):
+        if workload == "ticket-fields" and i % 2 == 0 and record.get("response"):
+            record["route"] = {"answered_by": "student-ticket-fields", "model": "student-ticket-fields"}
+            record["response"]["model"] = "student-ticket-fields"
+            by_student += 1
+        else:
+            record["route"] = {"answered_by": "llm", "model": record["request"]["model"]}
+    (tmp_path / "served.jsonl").write_text("".join(json.dumps(r) + "\n" for r in served.records))
+    import_logs([str(tmp_path / "served.jsonl")], store)
+    rows = UsageStore.open(store, existing=True).read_calls(["call_id", "status", "response_model"]).to_pylist()
+    students = {r["call_id"] for r in rows if r["response_model"] == "student-ticket-fields"}
+    assert by_student > 5 and len(students) == by_student
+    assert all(r["status"] == "by-student" for r in rows if r["call_id"] in students)
+
+    again = convert_store(store, out, settings, Gate(), say=lambda _: None, serve=Stand(out))
+    status = {c["id"]: c["change"] for c in again["clusters"]}
+    assert status["ticket-fields"]["status"] == "retrained" and status["ticket-fields"]["new_calls"] > 0
+    assert trained.count("ticket-fields") == 2
+    prompt_ids = {json.loads(line)["call_id"] for p in (out / "ticket-fields").glob("*.jsonl")
+                  for line in p.read_text().splitlines()}
+    assert prompt_ids and not prompt_ids & students
