@@ -349,6 +349,10 @@ def decide(c: dict, gate: Gate) -> None:
         c["cost_per_call_after"] = cost(chosen[2])
         if chosen[2] is None:
             reasons.append("its cost is unknown: its seconds per answer were not measured")
+        else:  # time per answer in batch (throughput), beside the logged model's latency per call
+            logged = c.get("llm_latency_ms")
+            reasons.append(f"{chosen[2]:.2f} s of its engine per answer on a {gate.hardware}, in batch"
+                           + (f"; the logged model took {logged / 1000:.2f} s per call (median)" if logged else ""))
     else:
         c["decision"], c["model"] = "keep-llm", ", ".join(c["logged_models"])
         c["cost_per_call_after"] = c["llm_cost_per_call"]

@@ -49,6 +49,10 @@ def test_a_student_is_promoted_or_the_llm_kept_with_the_reasons():
     c = cluster(student=good, baselines=[{"model": "b", "shots": 0, "relative": 0.1, "format_errors": 0.5}])
     decide(c, GATE)
     assert c["decision"] == "promote-student" and c["model"] == "s" and "97%" in c["reasons"][0]
+    assert c["reasons"][-1] == "1.00 s of its engine per answer on a 2-core CPU, in batch"
+    timed = cluster(student=good, llm_latency_ms=850.0)
+    decide(timed, GATE)
+    assert timed["reasons"][-1].endswith("; the logged model took 0.85 s per call (median)")
     bad = cluster(student=good | {"relative": 0.6, "accuracy": 0.6})
     decide(bad, GATE)
     assert bad["decision"] == "keep-llm" and bad["model"] == "gpt-4o"
