@@ -42,6 +42,8 @@ bench: install
 	$(VENV)/bin/python bench/cpu_packed_attention.py
 	$(VENV)/bin/python bench/filters.py
 	$(VENV)/bin/python bench/replicas.py
+	$(VENV)/bin/python bench/router_classify.py
+	$(VENV)/bin/python bench/router_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
