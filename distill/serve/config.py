@@ -150,8 +150,9 @@ def load_config(path: str | Path) -> ServeConfig:
     try:
         data = yaml.load(path.read_text(), Loader=RecipeLoader)
     except FileNotFoundError:
-        raise ConfigError(file, [Problem("(file)", "no such file; write one (docs/serving.md), or make one from "
-                                                   "convert.json with distill.serve.config.write_starting_config")]) from None
+        raise ConfigError(file, [Problem("(file)", "no such file; write one (docs/serving.md), or make one from a "
+                                                   "conversion: distill usage serve-config DIR --fallback-url URL "
+                                                   "--fallback-model MODEL")]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(file, [Problem("(file)", f"cannot read: {e}")]) from None
     except yaml.YAMLError as e:
