@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from distill.backends.http_wire import chat_url, error_text
 from distill.serve.config import Fallback, ServeConfig
 from distill.serve.router import Router, UpstreamError, error_body
 
@@ -38,7 +39,7 @@ class HTTPUpstream:
                 raise RuntimeError(f"fallback.api_key_env names {fallback.api_key_env}, which is not set where the "
                                    "router runs; export it before `distill serve`")
             headers["Authorization"] = f"Bearer {key}"
-        self.url = fallback.base_url + "/chat/completions"
+        self.url = chat_url(fallback.base_url)
         self.client = httpx.AsyncClient(timeout=fallback.timeout_seconds, headers=headers)
 
     async def chat(self, request: dict) -> dict:
@@ -52,7 +53,7 @@ class HTTPUpstream:
         except httpx.HTTPError as e:
             raise UpstreamError(f"{type(e).__name__}: {e}") from None
         if r.status_code != 200:
-            raise UpstreamError(f"HTTP {r.status_code}: {r.text[:300]}")
+            raise UpstreamError(f"HTTP {r.status_code}: {error_text(r)}")
         try:
             return r.json()
         except ValueError:

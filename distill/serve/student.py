@@ -1,10 +1,7 @@
 """A student served: vLLM's async engine on the student's weights, each request rendered with the
 chat template it was trained with and its tools (distill's own rendering, the one the vLLM-on-Ray
 backend samples with), and its tool calls read from the text by distill's parser into OpenAI
-`tool_calls`.
-
-`vllm serve` is not used: with a template from --chat-template it was seen to render requests
-without their tools (tests/backends/test_backend_http_tools.py).
+`tool_calls`: the same rendering and parsing the student was trained and evaluated with.
 """
 
 from __future__ import annotations
