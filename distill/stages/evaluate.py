@@ -70,7 +70,14 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
     work = plan_eval(run.recipe, prompts)
     if progress:
         progress.start(total=len(work))
-    results = []
+    results, timing = generate_timed(backend, work, progress)
+    run.files.write_json(run.files.eval_dir / f"{role}.timing.json", timing)
+    return write_answers(run, role, model, prompts, work, results, judge)
+
+
+def generate_timed(backend, work: list[dict], progress=None) -> tuple[list[dict], dict]:
+    """Every result of `work` from the backend, and answer_timing's figures of them."""
+    results: list[dict] = []
     started, first, engine_from = time.time(), None, None
     for batch in backend.generate(work):
         results.extend(batch)
@@ -79,9 +86,7 @@ def answer(run, role: str, model: Teacher, backend, prompts: list[dict], progres
         engine_from = first_submitted(batch, engine_from)
         if progress:
             progress.advance(len(batch))
-    run.files.write_json(run.files.eval_dir / f"{role}.timing.json",
-                         answer_timing(started, first, len(results), engine_from))
-    return write_answers(run, role, model, prompts, work, results, judge)
+    return results, answer_timing(started, first, len(results), engine_from)
 
 
 def first_submitted(batch: list[dict], earliest: float | None) -> float | None:

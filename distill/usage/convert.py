@@ -254,17 +254,9 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
         bar = progress_factory(f"baselines of {base}") if progress_factory else None
         if bar:
             bar.start(total=len(work))
-        from distill.stages.evaluate import answer_timing, first_submitted, seconds_per_answer
+        from distill.stages.evaluate import generate_timed, seconds_per_answer
 
-        started, first, engine_from, results = time.time(), None, None, []
-        for batch in serve(model).generate(work):
-            results += batch
-            if first is None:
-                first = (time.time(), len(batch))
-            engine_from = first_submitted(batch, engine_from)
-            if bar:
-                bar.advance(len(batch))
-        timing = answer_timing(started, first, len(results), engine_from)
+        results, timing = generate_timed(serve(model), work, bar)
         groups: dict[tuple[str, int], list[dict]] = {}
         for r in results:
             c, recipe, p, shots = meta[r["work_id"]]
