@@ -74,6 +74,8 @@ def run_pipeline(recipe: Recipe, until: str | None = None, *, backend=None, prog
     names = [stage.NAME for stage in table]
     decision = check_licence(recipe)  # before any compute
     run = open_run(recipe)
+    if recipe.eval.require_teacher_probes:
+        check_teacher_probed(run)
     from distill.licensing import to_dict
 
     storage.write_json(run.files.licence, to_dict(decision))
@@ -137,3 +139,84 @@ def check_licence(recipe: Recipe):
     if decision.refusals:
         raise LicenceRefused(decision)
     return decision
+
+
+SAFETY_DEFAULTS = ("harmbench", "do-not-answer", "over-refusal", "bias")  # when the recipe names no safety probe
+
+
+class TeacherNotProbed(RuntimeError):
+    """The recipe requires `distill probe-teacher` first, and it has not run for this teacher."""
+
+
+def check_teacher_probed(run: Run) -> None:
+    probed = run.files.read_json(run.files.teacher_probes)
+    if probed is None or probed.get("revision") != run.teacher.revision or probed.get("teacher") != run.teacher.id:
+        raise TeacherNotProbed(
+            f"eval.require_teacher_probes: the teacher {run.teacher.id} has not been probed for this run yet; run "
+            f"`distill probe-teacher {run.recipe._path or 'RECIPE'}` first, read {run.files.teacher_probes}, then run again")
+
+
+def teacher_probe_specs(recipe: Recipe, limit: int | None) -> list:
+    """The recipe's safety and bias probes (or the shipped ones when it names none), each at most
+    `limit` items."""
+    from distill.probes import PROBES
+    from distill.recipe.schema import ProbeSpec
+
+    specs = [s for s in recipe.eval.probes if PROBES.get(s.name).fn.safety]
+    if not specs:
+        specs = []
+        for name in SAFETY_DEFAULTS:
+            spec = ProbeSpec(name=name)
+            spec._params = PROBES.get(name).params()
+            specs.append(spec)
+    if limit is None:
+        return specs
+    out = []
+    for s in specs:
+        capped = s.model_copy(update={"limit": min(s.limit or limit, limit)})
+        capped._params = s.params
+        out.append(capped)
+    return out
+
+
+def probe_teacher(recipe: Recipe, limit: int | None = 20, *, backend=None, progress_factory: Callable | None = None,
+                  verbose: bool = False) -> tuple[Run, dict]:
+    """Runs the safety and bias probes on the teacher alone and writes teacher_probes.json in the
+    run directory, beside the licence decision: what a student would inherit, before any sampling.
+    The answers go where the evaluate stage looks for the teacher's, so they are not asked twice."""
+    import time
+
+    from distill.licensing import to_dict
+    from distill.stages import probing
+    from distill.stages.evaluate import generate_timed
+
+    decision = check_licence(recipe)
+    run = open_run(recipe)
+    storage.write_json(run.files.licence, to_dict(decision))
+    loaded = probing.load_probes(recipe, teacher_probe_specs(recipe, limit))
+    with lock(run):
+        work = probing.missing(run, "teacher", run.teacher, loaded)
+        if work:
+            if backend is None:
+                start_ray(run, verbose)
+                backend = make_backend(run, verbose)
+            progress = progress_factory("probing the teacher") if progress_factory else None
+            if progress:
+                progress.start(total=len(work))
+            results, _ = generate_timed(backend, work, progress)
+            probing.write_answers(run, "teacher", run.teacher, work, results)
+        table = probing.saved_for(run.files, "teacher", run.teacher)
+        judges: dict[str, Backend] = {}
+
+        def judge(model_id: str) -> Backend:
+            if model_id not in judges:
+                from distill.teachers import load_teacher
+
+                start_ray(run, verbose)
+                judges[model_id] = make_backend(run, verbose, load_teacher(model_id, recipe.base_dir))
+            return judges[model_id]
+
+        out = {"teacher": run.teacher.id, "revision": run.teacher.revision, "limit": limit, "written": time.time(),
+               "probes": probing.results(loaded, {"teacher": table}, judge)}
+        storage.write_json(run.files.teacher_probes, out)
+    return run, out

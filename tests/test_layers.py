@@ -17,7 +17,7 @@ LAYERS = [
     ["distill", "distill.schema", "distill.problems", "distill.registry", "distill.storage", "distill.hardware",
      "distill.lineage"],
     # Catalogues and pure functions; the backends' registry is one, and recipes name backends.
-    ["distill.teachers", "distill.models", "distill.licensing", "distill.prompts", "distill.verifiers",
+    ["distill.teachers", "distill.models", "distill.licensing", "distill.prompts", "distill.verifiers", "distill.probes",
      "distill.filters", "distill.sandbox", "distill.backends", "distill.ray_runtime", "distill.chat_templates"],
     ["distill.recipe"],
     ["distill.run", "distill.training", "distill.tracking"],

@@ -19,12 +19,13 @@ def list_registered(name: Optional[str] = typer.Argument(None, help="a verifier,
 
     from distill.backends import BACKENDS
     from distill.filters import FILTERS
+    from distill.probes import PROBES
     from distill.problems import problems_from
     from distill.prompts import PROMPT_SOURCES
     from distill.teachers import Teacher, catalog, load_teacher, origin
     from distill.verifiers import VERIFIERS
 
-    registries = (VERIFIERS, FILTERS, PROMPT_SOURCES, BACKENDS)
+    registries = (VERIFIERS, FILTERS, PROMPT_SOURCES, PROBES, BACKENDS)
     if name is not None:
         found = [r for r in registries if name in r]
         if not found:
@@ -39,7 +40,7 @@ def list_registered(name: Optional[str] = typer.Argument(None, help="a verifier,
             _document(registry.kind, registry.get(name))
         return
     for title, registry in (("verifiers", VERIFIERS), ("filters", FILTERS), ("prompt sources", PROMPT_SOURCES),
-                            ("backends", BACKENDS)):
+                            ("probes", PROBES), ("backends", BACKENDS)):
         t = Table(title=title, show_lines=True)
         t.add_column("name", style="bold")
         t.add_column("what it does")

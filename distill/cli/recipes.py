@@ -104,7 +104,7 @@ def run(
     r = _load(recipe)
     _refuse_if_forbidden(r, recipe)  # before any compute
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    from distill.pipeline import RunBusy
+    from distill.pipeline import RunBusy, TeacherNotProbed
 
     try:
         if console.is_terminal:
@@ -116,6 +116,9 @@ def run(
     except RunBusy as e:
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    except TeacherNotProbed as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     where = f"{the_run.remote} (local copy: {the_run.dir})" if the_run.remote else the_run.dir
     console.print(f"run directory: {where}", highlight=False, soft_wrap=True)
     _print_summary(summaries)
@@ -178,7 +181,9 @@ def _print_eval(e: dict) -> None:
     t = Table(title=f"student vs teacher on {e['held_out_prompts']} held-out prompts (k={e['k']})")
     for col in ("model", "pass@1", f"pass@{e['k']}", "greedy", "mean tokens", "cost / correct"):
         t.add_column(col, justify="right")
-    for role in ("teacher", "student"):
+    for role in ("teacher", "base", "student"):
+        if role not in e:
+            continue
         m = e[role]
         t.add_row(f"{role}: {m['model']}", f"{m['pass@1']:.1%}", f"{m['pass@k']:.1%}", f"{m['greedy_accuracy']:.1%}",
                   f"{m['mean_output_tokens']:.1f}", cost_text(m))
@@ -192,6 +197,15 @@ def _print_eval(e: dict) -> None:
             g.add_row(name, str(x["prompts"]), f"{te['pass@1']:.1%}; {te['greedy_accuracy']:.1%}",
                       f"{st['pass@1']:.1%}; {st['greedy_accuracy']:.1%}", f"{st['pass@1'] - te['pass@1']:+.1%}")
         console.print(g)
+    if e.get("probes"):
+        from distill.cli.probe_tables import print_skipped, probes_table
+
+        console.print(probes_table(e["probes"]))
+        print_skipped(e["probes"])
+    if e.get("gate"):
+        from distill.stages.gate import summary_text
+
+        console.print(summary_text(e["gate"]), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

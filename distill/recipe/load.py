@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from distill.problems import Problem, RecipeError, RecipeLoader, dotted, problems_from, yaml_error
 from distill.recipe.checks import check_passthrough
-from distill.recipe.schema import Component, Filter, PromptSource, Recipe, Verifier
+from distill.recipe.schema import Component, Filter, ProbeSpec, PromptSource, Recipe, Verifier
 from distill.registry import Params, Registry
 from distill.teachers import Teacher, load_teacher
 
@@ -50,10 +50,40 @@ def _check_components(
     return problems, resolved
 
 
+TASK_METRICS = ("pass@1", "pass@k", "greedy_accuracy")
+
+
+def check_probes_and_gate(recipe: Recipe) -> list[Problem]:
+    """Probe labels are unique, and every gate condition names a metric the run will measure."""
+    from distill.probes import PROBES
+
+    problems = []
+    metrics: dict[str, list[str]] = {"task": list(TASK_METRICS)}
+    for i, spec in enumerate(recipe.eval.probes):
+        if spec.key in metrics:
+            problems.append(Problem(dotted(("eval", "probes", i)), f"a second probe labelled {spec.key!r}: give it another `label`"))
+        elif spec.name in PROBES:
+            metrics[spec.key] = list(PROBES.get(spec.name).fn.metrics)
+    if (recipe.eval.probes or recipe.gate) and recipe.student is None:
+        key = "gate" if recipe.gate else "eval.probes"
+        problems.append(Problem(key, "compares the student with the teacher and its base: add a `student:` section"))
+    for i, c in enumerate(recipe.gate):
+        label, _, name = c.metric.partition(".")
+        if label not in metrics:
+            known = ", ".join(sorted(metrics))
+            problems.append(Problem(dotted(("gate", i, "metric")), f"{c.metric!r}: no probe is labelled {label!r} in eval.probes "
+                                                        f"(known: {known})"))
+        elif name not in metrics[label]:
+            problems.append(Problem(dotted(("gate", i, "metric")), f"{c.metric!r}: {label} measures "
+                                                        f"{', '.join(metrics[label])}"))
+    return problems
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and check a recipe; raises RecipeError listing every problem found."""
     from distill.prompts import PROMPT_SOURCES, check_rows
     from distill.filters import FILTERS
+    from distill.probes import PROBES
     from distill.verifiers import VERIFIERS
 
     path = Path(path)
@@ -87,6 +117,7 @@ def load_recipe(path: str | Path) -> Recipe:
         (PROMPT_SOURCES, ("prompts", "eval"), "source", PromptSource, lambda n, p: check_rows(n, p, bad_rows)),
         (VERIFIERS, ("verifiers",), "name", Verifier, None),
         (FILTERS, ("filters",), "name", Filter, None),
+        (PROBES, ("eval", "probes"), "name", ProbeSpec, None),
     ]
     resolved_lists = []
     for registry, loc, key, base, check_data in checks:
@@ -120,6 +151,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
     if recipe is not None:
         problems.extend(check_passthrough(recipe))
+        problems.extend(check_probes_and_gate(recipe))
         if recipe.sampling.accepted_per_prompt and not any(v.required for v in recipe.verifiers):
             problems.append(Problem("sampling.accepted_per_prompt", "counts samples the verifiers accepted: "
                                     "add a required verifier, or remove it"))
@@ -135,7 +167,7 @@ def load_recipe(path: str | Path) -> Recipe:
     assert recipe is not None
     recipe._path = path
     recipe._teacher = teacher_entry
-    lists = [recipe.prompts.train, recipe.prompts.eval, recipe.verifiers, recipe.filters]
+    lists = [recipe.prompts.train, recipe.prompts.eval, recipe.verifiers, recipe.filters, recipe.eval.probes]
     for components, params in zip(lists, resolved_lists):
         for component, p in zip(components, params):
             component._params = p

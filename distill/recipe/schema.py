@@ -203,6 +203,53 @@ class Train(Section):
         return self
 
 
+class ProbeSpec(Component):
+    """A probe by registered name (`distill ls`), with its own keys: a fixed set of prompts that
+    shows what the student lost or inherited beside its task score."""
+
+    name: str = Field(description="a registered probe: ifbench, harmbench, do-not-answer, over-refusal, bias, "
+                                  "humaneval, bfcl, custom (`distill ls`), or a plug-in's dotted name")
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                              description="its name in eval.json, the card and gate metrics; none: the probe's name")
+    limit: int | None = Field(None, ge=1, description="at most this many of its items, drawn with `seed`; none: all")
+    seed: int = Field(0, description="draws the limited subset: the same seed, the same items")
+    max_tokens: int | None = Field(None, ge=1, description="tokens an answer may take; none: the probe's own "
+                                                           "default, else sampling.max_tokens")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class GateCondition(Section):
+    """One condition a student must meet to be promoted: a metric of the student against the
+    teacher's or the base model's, or against a fixed number."""
+
+    metric: str = Field(description="task.pass@1, task.pass@k, task.greedy_accuracy, or <probe label>.<metric> "
+                                    "(e.g. ifbench.prompt_accuracy)")
+    vs: Literal["teacher", "base"] | None = Field(None, description="the model the student is compared with; "
+                                                                    "none: a fixed bound (at_least / at_most)")
+    min_ratio: float | None = Field(None, ge=0, description="student >= min_ratio x the other model's value")
+    max_drop: float | None = Field(None, ge=0, description="student >= the other model's value - max_drop")
+    max_rise: float | None = Field(None, ge=0, description="student <= the other model's value + max_rise")
+    at_least: float | None = Field(None, description="student >= at_least")
+    at_most: float | None = Field(None, description="student <= at_most")
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        bounds = [k for k in ("min_ratio", "max_drop", "max_rise", "at_least", "at_most") if getattr(self, k) is not None]
+        if len(bounds) != 1:
+            raise ValueError("give exactly one of min_ratio, max_drop, max_rise (with vs) or at_least, at_most")
+        relative = bounds[0] in ("min_ratio", "max_drop", "max_rise")
+        if relative and self.vs is None:
+            raise ValueError(f"{bounds[0]} compares with another model: add vs: teacher or vs: base")
+        if not relative and self.vs is not None:
+            raise ValueError(f"{bounds[0]} is a fixed bound: remove vs")
+        if "." not in self.metric:
+            raise ValueError("metric is task.<score> or <probe label>.<metric>, e.g. task.pass@1")
+        return self
+
+
 class Eval(Section):
     """Teacher and student on the held-out prompts, scored by the same verifiers."""
 
@@ -210,6 +257,11 @@ class Eval(Section):
     max_prompts: int | None = Field(None, ge=1, description="evaluate the first this many held-out prompts; none: all")
     price_per_mtok: dict[str, float] = Field({}, description="price per 1M output tokens per model id, for the "
                                                              "cost per correct answer; unset: parameters as the proxy")
+    require_teacher_probes: bool = Field(False, description="`distill run` refuses to start until `distill "
+                                                             "probe-teacher` has probed this teacher's safety and bias")
+    probes: list[ProbeSpec] = Field([], description="capability and safety probes, each answered by the teacher, "
+                                                    "the student's base and the student with the same sampling "
+                                                    "settings and shown side by side on the card")
 
 
 class Tracking(Section):
@@ -254,6 +306,8 @@ class Recipe(Section):
     student: Student | None = Field(None, description="the model to train; none: a data-only run")
     train: Train = Field(Train(), description="how the student is trained")
     eval: Eval = Field(Eval(), description="how teacher and student are evaluated")
+    gate: list[GateCondition] = Field([], description="conditions the student must meet to be promoted; a held "
+                                                     "student's card says so, and `distill gate RUN_DIR` exits 1")
     tracking: Tracking = Field(Tracking(), description="experiment tracking")
     cluster: Cluster = Field(Cluster(), description="Ray cluster placement")
     output_dir: str = Field("runs", description="where run directories go: a path, or a bucket URI (s3://, gs://)")
@@ -304,6 +358,7 @@ class Recipe(Section):
             data[section][key] = [_resolved(c, "source") for c in getattr(self.prompts, key)]
         data["verifiers"] = [_resolved(v, "name") for v in self.verifiers]
         data["filters"] = [_resolved(f, "name") for f in self.filters]
+        data["eval"]["probes"] = [_resolved(p, "name") for p in self.eval.probes]
         return data
 
     def content_hash(self) -> str:
@@ -328,6 +383,11 @@ class Recipe(Section):
         if data.get("prompts", {}).get("bad_rows") == "fail":
             data["prompts"] = {k: v for k, v in data["prompts"].items() if k != "bad_rows"}
         data = _without_unset(data, ADDED_UNSET)
+        if not data.get("gate"):  # added later: an empty gate leaves the hash as it was
+            data.pop("gate", None)
+        if isinstance(data.get("eval"), dict):  # added later; a check before the run changes no output
+            data["eval"] = {k: v for k, v in data["eval"].items()
+                            if k != "require_teacher_probes" and not (k == "probes" and not v)}
         # The teacher entry itself (model, revision, serving), not only its id: re-pinning a
         # revision must not resume a run made with the old weights.
         entry = self.teacher_entry.model_dump(mode="json")

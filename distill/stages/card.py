@@ -119,6 +119,13 @@ def model_card(run_dir: Path) -> str:
                 dataset_split="eval", metric_type=metric, metric_value=round(value, 4),
                 metric_name=f"{metric} ({', '.join(ev['verifiers'])})"
             ))
+        for label, probe in (ev.get("probes") or {}).items():  # what the student lost or inherited
+            for metric, row in probe["metrics"].items():
+                if (row.get("student") or {}).get("value") is not None:
+                    results.append(EvalResult(
+                        task_type="text-generation", dataset_type=f"distill-probe-{probe['probe']}", dataset_name=label,
+                        dataset_split="probe", metric_type=metric, metric_value=round(row["student"]["value"], 4),
+                        metric_name=f"{metric} ({probe['items']} items)"))
         for group, g in (ev.get("groups") or {}).items():  # per held-out set: bfcl/simple_python, ...
             results.append(EvalResult(
                 task_type="text-generation", dataset_type=group.replace("/", "-"), dataset_name=group,
@@ -152,6 +159,70 @@ def _groups_text(ev: dict) -> list[str]:
         lines.append(f"| {name} | {g['prompts']} | {t['pass@1']:.1%}{ci(t)} | {s['pass@1']:.1%}{ci(s)} "
                      f"| {s['pass@1'] - t['pass@1']:+.1%} |")
     return lines
+
+
+def _pct(m: dict | None, key: str = "value", ci: str = "ci95") -> str:
+    if not m or m.get(key) is None:
+        return "-"
+    interval = m.get(ci)
+    return f"{m[key]:.1%}" + (f" ({interval[0]:.0%}-{interval[1]:.0%})" if interval else "")
+
+
+def comparison_rows(ev: dict) -> list[list[str]]:
+    """The task score and every probe's metrics for teacher, base and student, with the change
+    from base to student: [what, teacher, base, student, change]. Empty without probes or base."""
+    if "base" not in ev and not ev.get("probes"):
+        return []
+    rows = []
+    for key, label in (("pass@1", "task pass@1"), ("greedy_accuracy", "task greedy accuracy")):
+        cells = [_pct(ev.get(role), key, f"{key}_ci95") for role in ("teacher", "base", "student")]
+        change = (ev.get("student_minus_base") or {}).get(key)
+        rows.append([label, *cells, "-" if change is None else f"{change * 100:+.1f} pts"])
+    for name, probe in (ev.get("probes") or {}).items():
+        if probe.get("error"):
+            rows.append([f"{name}: skipped", "-", "-", "-", probe["error"]])
+            continue
+        for metric, row in probe["metrics"].items():
+            arrow = "higher is better" if row["better"] == "higher" else "lower is better"
+            change = row.get("student_minus_base")
+            rows.append([f"{name} {metric} ({arrow}; {probe['items']} items)",
+                         *[_pct(row.get(role)) for role in ("teacher", "base", "student")],
+                         "-" if change is None else f"{change * 100:+.1f} pts"])
+    return rows
+
+
+def skipped_lines(ev: dict) -> list[str]:
+    """What the probes left out, and why."""
+    lines = []
+    for name, probe in (ev.get("probes") or {}).items():
+        for reason, n in (probe.get("skipped_reasons") or {}).items():
+            lines.append(f"{name}: {n} of {probe['total']} items skipped: {reason}")
+    return lines
+
+
+def _comparison_text(ev: dict) -> list[str]:
+    rows = comparison_rows(ev)
+    if not rows:
+        return []
+    base_note = " (the teacher's own model: the same answers)" if (ev.get("base") or {}).get("same_as_teacher") else ""
+    lines = ["", f"### What changed from the base model{base_note}", "",
+             "Task score and probes, each model answering with the same sampling settings; in brackets 95% intervals "
+             "by bootstrap over prompts:", "",
+             "| | teacher | base | student | student - base |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    if skipped := skipped_lines(ev):
+        lines += ["", *[f"- {x}" for x in skipped]]
+    return lines
+
+
+def gate_text(gate: dict | None) -> str:
+    """The gate's decision for the card: held at the top with every failed condition."""
+    if not gate:
+        return ""
+    if gate["decision"] == "held":
+        failed = "\n".join(f"> - {m}" for m in gate["failed"])
+        return f"> **Held by the promotion gate: do not deploy this model as is.** Failed conditions:\n{failed}\n"
+    return f"Promoted by the gate: every condition held ({', '.join(c['rule'] for c in gate['conditions'])}).\n"
 
 
 def _body(info: dict, lin: dict) -> str:
@@ -204,12 +275,14 @@ def _body(info: dict, lin: dict) -> str:
             "In brackets: 95% intervals, by bootstrap over the held-out prompts.",
             f"Cost unit: {st['price_unit']}." if te["price_unit"] == st["price_unit"]
             else f"Cost unit: teacher {te['price_unit']}; student {st['price_unit']}.",
-        ] + _groups_text(ev))
+        ] + _groups_text(ev) + _comparison_text(ev) + (["", gate_text(ev.get("gate"))] if ev.get("gate") else []))
     else:
         eval_text = "Not evaluated yet (the evaluate stage has not run)."
+    held = gate_text(ev.get("gate")) if ev and (ev.get("gate") or {}).get("decision") == "held" else ""
     return f"""
 # {lin['model']['name']}
 
+{held}
 A small model distilled by distill from a teacher's verified answers:
 the teacher sampled {s['n']} answers per training prompt, the verifiers kept the right ones,
 and the base model was fine-tuned on them with supervised fine-tuning (TRL `SFTTrainer`).

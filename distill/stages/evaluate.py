@@ -26,7 +26,7 @@ GREEDY = "greedy"
 def run(ctx) -> dict:
     out = evaluate(ctx.run, ctx.serve, ctx.progress_factory, ctx.served_by_id)
     ctx.tracker.summary({role: {k: v for k, v in out[role].items() if isinstance(v, (int, float))}
-                         for role in ("teacher", "student")}, "eval")
+                         for role in ("teacher", "base", "student") if role in out}, "eval")
     return out
 
 
@@ -156,13 +156,16 @@ TEACHER_EVAL = "eval|"  # work id prefix of the teacher's eval requests when the
 def teacher_eval_work(run) -> tuple[list[dict], list[dict]] | None:
     """(prompts, work) of the teacher's evaluation, to send with the sample stage's requests so the
     teacher's engine is started once for both; None when it is already done or cannot be done."""
+    from distill.stages import probing
+
     if run.recipe.student is None or not run.files.read_prompts("eval"):
         return None
     prompts = eval_prompts(run)
     done = run.files.read_eval_answers("teacher")
-    if done is not None and _matches(done, run.teacher, len(prompts) * (run.recipe.eval.k + 1)):
-        return None
-    return prompts, plan_eval(run.recipe, prompts)
+    task = [] if done is not None and _matches(done, run.teacher, len(prompts) * (run.recipe.eval.k + 1)) \
+        else plan_eval(run.recipe, prompts)
+    probes = probing.missing(run, "teacher", run.teacher, probing.load_probes(run.recipe))
+    return (prompts, task + probes) if task or probes else None
 
 
 def scores(table: pa.Table) -> dict:
@@ -234,20 +237,67 @@ def bootstrap_ci(per_prompt: list[float], level: float = 0.95, seed: int = 0) ->
     return [float(low), float(high)]
 
 
+def base_model(run) -> Teacher:
+    """The student's base before training, described like a teacher, served as the student is."""
+    base = run.recipe.student_base
+    template = run.recipe.student.template
+    if base.entry is not None:
+        entry = base.entry
+        return entry.model_copy(update={"template": template}) if template else entry
+    return Teacher(id=base.id, model=base.path, revision=base.revision, licence=base.licence or "unknown",
+                   params_b=base.params_b, template=template)
+
+
+def needs_base(recipe) -> bool:
+    """The base model answers too when probes or a gate condition compare the student with it."""
+    return bool(recipe.eval.probes) or any(c.vs == "base" for c in recipe.gate)
+
+
+def same_model(a: Teacher, b: Teacher) -> bool:
+    """The same weights served the same way: one model's answers stand for the other's."""
+    def key(m: Teacher):
+        return m.model, m.weights_from, m.revision, m.template, m.endpoint, m.replay
+
+    return key(a) == key(b)
+
+
 def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
-    """Evaluates teacher then student; `backend_for(model)` builds a backend serving that model;
-    `judge(model id)` serves the models of model-running verifiers."""
+    """Evaluates the teacher, the base (when probes or the gate need it) and the student on the
+    held-out prompts and the recipe's probes, each model's requests through one engine;
+    `backend_for(model)` builds a backend serving that model; `judge(model id)` serves the
+    models of model-running verifiers."""
+    from distill.stages import gate, probing
+
     prompts = eval_prompts(run)
-    models = {"teacher": run.teacher, "student": student_as_model(run)}
-    tables = {}
+    loaded = probing.load_probes(run.recipe)
+    models = {"teacher": run.teacher}
+    if needs_base(run.recipe):
+        models["base"] = base_model(run)
+    models["student"] = student_as_model(run)
+    shared = "base" in models and same_model(models["base"], run.teacher)
+    tables, probe_tables = {}, {}
     started = time.time()
     for role, model in models.items():
-        saved = run.files.read_eval_answers(role)
-        if saved is not None and _matches(saved, model, len(prompts) * (run.recipe.eval.k + 1)):
-            tables[role] = saved
+        if role == "base" and shared:  # the base is the teacher's model: its answers are the teacher's
+            tables[role], probe_tables[role] = tables["teacher"], probe_tables["teacher"]
             continue
-        progress = progress_factory(f"evaluating {role}") if progress_factory else None
-        tables[role] = answer(run, role, model, backend_for(model), prompts, progress, judge)
+        saved = run.files.read_eval_answers(role)
+        done = saved is not None and _matches(saved, model, len(prompts) * (run.recipe.eval.k + 1))
+        task_work = [] if done else plan_eval(run.recipe, prompts)
+        probe_work = probing.missing(run, role, model, loaded)
+        if task_work or probe_work:
+            progress = progress_factory(f"evaluating {role}") if progress_factory else None
+            if progress:
+                progress.start(total=len(task_work) + len(probe_work))
+            results, timing = generate_timed(backend_for(model), task_work + probe_work, progress)
+            if task_work:
+                run.files.write_json(run.files.eval_dir / f"{role}.timing.json", timing | {"probe_answers": len(probe_work)})
+                saved = write_answers(run, role, model, prompts, task_work,
+                                      [r for r in results if not probing.is_probe(r["work_id"])], judge)
+            if probe_work:
+                probing.write_answers(run, role, model, probe_work, [r for r in results if probing.is_probe(r["work_id"])])
+        tables[role] = saved
+        probe_tables[role] = probing.saved_for(run.files, role, model)
     price = run.recipe.eval.price_per_mtok
     result = {
         "run_id": run.id,
@@ -256,16 +306,25 @@ def evaluate(run, backend_for, progress_factory=None, judge=None) -> dict:
         "k": run.recipe.eval.k,
         "sampling": sampling_params(run.recipe, run.recipe.sampling.seed) | {"seed": "per sample, as in training"},
         "verifiers": [v.name for v in run.recipe.verifiers],
-        "teacher": metrics(tables["teacher"], models["teacher"], price),
-        "student": metrics(tables["student"], models["student"], price),
+        **{role: metrics(tables[role], model, price) for role, model in models.items()},
         "seconds": time.time() - started,
     }
+    if shared:
+        result["base"]["same_as_teacher"] = True
     t, s = result["teacher"], result["student"]
     result["student_minus_teacher"] = {"pass@1": s["pass@1"] - t["pass@1"],
                                        "greedy_accuracy": s["greedy_accuracy"] - t["greedy_accuracy"]}
+    if "base" in result:
+        b = result["base"]
+        result["student_minus_base"] = {"pass@1": s["pass@1"] - b["pass@1"],
+                                        "greedy_accuracy": s["greedy_accuracy"] - b["greedy_accuracy"]}
+    if loaded:
+        result["probes"] = probing.results(loaded, probe_tables, judge)
     if groups := prompt_groups(prompts):
         result["groups"] = {name: {"prompts": len(ids), **{role: group_metrics(tables[role], ids) for role in models}}
                             for name, ids in groups.items()}
+    if decision := gate.decide([c.model_dump() for c in run.recipe.gate], result):
+        result["gate"] = decision
     run.files.write_json(run.files.metrics, result)
     return result
 

@@ -140,6 +140,23 @@ def groups_html(ev: dict | None) -> str | None:
                    "student greedy"], rows)
 
 
+def probes_html(ev: dict | None) -> str | None:
+    """Task score and every probe for teacher, base and student, the gate's decision, and what
+    the probes skipped."""
+    from distill.stages.card import comparison_rows, skipped_lines
+
+    rows = comparison_rows(ev) if ev else []
+    if not rows and not (ev or {}).get("gate"):
+        return None
+    out = _table(["", "teacher", "base", "student", "student - base"], rows) if rows else ""
+    out += "".join(f"<p>{html.escape(x)}</p>" for x in skipped_lines(ev))
+    if gate := ev.get("gate"):
+        items = "".join(f"<li>{'pass' if c['passed'] else '<b>FAIL</b>'}: {html.escape(c['message'])}</li>"
+                        for c in gate["conditions"])
+        out += f"<p>Promotion gate: <b>{html.escape(gate['decision'])}</b></p><ul>{items}</ul>"
+    return out
+
+
 def filters_html(summary: dict | None) -> str | None:
     if not summary or not summary.get("filters"):
         return None
@@ -229,6 +246,7 @@ def build_report(run_dir: Path) -> Path:
         ("Training", plot_loss((train or {}).get("log", [])), "the train stage has not run"),
         ("Student vs teacher", plot_eval(ev), "the evaluate stage has not run"),
         ("By task", groups_html(ev), None),
+        ("What changed from the base model", probes_html(ev), None),
     ]
     facts = []
     if samples:
@@ -243,6 +261,8 @@ def build_report(run_dir: Path) -> Path:
                      f"{train['tokens_per_second']:.0f} tokens/s")
     if ev:
         facts.append(f"pass@1 teacher {ev['teacher']['pass@1']:.1%} vs student {ev['student']['pass@1']:.1%}")
+        if ev.get("gate"):
+            facts.append(f"gate: {ev['gate']['decision']}")
     resolved = resolved_file.read_text() if resolved_file.is_file() else ""
     body = "\n".join(
         f"<section><h2>{html.escape(title)}</h2>{svg if svg else f'<p class=none>{html.escape(none)}</p>'}</section>"

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from distill.lineage import sample_id, sample_seed
 from distill.run import RunDir
-from distill.stages import evaluate
+from distill.stages import evaluate, probing
 from distill.stages.requests import call_schema, constrained, request, sampling_params
 from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
 
@@ -38,7 +38,13 @@ def run(ctx) -> "SampleSummary":
     if evaluation:
         prompts, work = evaluation
         answers = [{**r, "work_id": r["work_id"][len(evaluate.TEACHER_EVAL):]} for r in out.side_results]
-        evaluate.write_answers(run_, "teacher", run_.teacher, prompts, work, answers, judge)
+        task = [w for w in work if not probing.is_probe(w["work_id"])]
+        if task:
+            evaluate.write_answers(run_, "teacher", run_.teacher, prompts, task,
+                                   [r for r in answers if not probing.is_probe(r["work_id"])], judge)
+        if probes := [w for w in work if probing.is_probe(w["work_id"])]:
+            probing.write_answers(run_, "teacher", run_.teacher, probes,
+                                  [r for r in answers if probing.is_probe(r["work_id"])])
     ctx.tracker.log({"samples": out.samples_total, "accepted": out.accepted, "errors": out.errors,
                      "accept_rate": out.accepted / out.samples_total if out.samples_total else 0.0,
                      "tokens_per_second": out.tokens_per_second, "verifiers": out.per_verifier,
