@@ -113,6 +113,9 @@ class Sampling(Section):
                                                       "worker node cut short is followed by one for what is missing")
     extra: dict[str, Any] = Field({}, description="further vllm.SamplingParams fields, passed through unchanged "
                                                   "(checked against vLLM)")
+    logprobs: int | None = Field(None, ge=1, le=20, description="keep the teacher's top-k log-probabilities of "
+                                                               "every generated token (for train.method: kd); none: "
+                                                               "not kept")
     constrained_calls: float | None = Field(
         None, gt=0, le=1, description="share of each tool prompt's n samples decoded under a grammar that admits only "
                                       "calls to the offered tools, arguments fitting each tool's JSON Schema (a JSON "
@@ -162,7 +165,7 @@ class Student(Section):
 
 
 class Lora(Section):
-    """LoRA settings, with train.method: lora (the adapter is merged into the student)."""
+    """LoRA settings, with train.weights: lora (the adapter is merged into the student)."""
 
     r: int = Field(16, ge=1, description="adapter rank")
     alpha: int = Field(32, ge=1, description="adapter scale numerator (alpha / r)")
@@ -171,10 +174,59 @@ class Lora(Section):
                                                                                         "or every linear layer")
 
 
-class Train(Section):
-    """Fine-tuning the student with TRL's SFTTrainer."""
+class Pairs(Section):
+    """How dpo and kto build preference data from the run's own samples: chosen = a sample the
+    verifiers accepted, rejected = a failed sample of the same prompt."""
 
-    method: Literal["full", "lora"] = Field("full", description="full fine-tuning, or a LoRA adapter merged after")
+    rule: Literal["hardest", "random", "all"] = Field(
+        "hardest", description="hardest: each accepted sample with the failed sample the verifiers scored highest "
+                               "(the nearest miss); random: with a failed sample drawn at random; all: every "
+                               "accepted x failed pair, up to max_per_prompt")
+    max_per_prompt: int = Field(4, ge=1, description="pairs per prompt at most")
+    seed: int = Field(0, description="draws the random pairs and which pairs `all` keeps")
+
+
+class Preference(Section):
+    """DPO and KTO settings (TRL's DPOTrainer / KTOTrainer)."""
+
+    beta: float = Field(0.1, gt=0, description="how far the student may move from the reference model")
+    loss_type: str = Field("sigmoid", description="DPO's loss (TRL's loss_type: sigmoid, ipo, ...); KTO ignores it")
+
+
+class Kd(Section):
+    """Logit distillation from the teacher's stored top-k log-probabilities (sampling.logprobs)."""
+
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="between the teacher's and the student's next-token distributions over the "
+                                  "teacher's top-k plus one tail bucket")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="the mixture weight of the generalised JSD")
+    ce_weight: float = Field(0.5, ge=0, le=1, description="share of the usual cross-entropy on the sampled tokens; "
+                                                          "the rest is the divergence")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions before the divergence")
+
+
+class OnPolicy(Section):
+    """On-policy distillation: the student generates, the teacher scores its tokens (TRL's GKD)."""
+
+    lmbda: float = Field(0.5, ge=0, le=1, description="share of batches the student generates itself "
+                                                      "(the rest use the teacher's samples)")
+    beta: float = Field(0.5, ge=0, le=1, description="generalised JSD interpolation: 0 forward KL, 1 reverse KL")
+    max_new_tokens: int = Field(128, ge=1, description="tokens the student generates per prompt")
+    temperature: float = Field(0.9, gt=0, description="the student's sampling temperature when it generates")
+
+
+METHODS = ("sft", "dpo", "kto", "sft+dpo", "kd", "on-policy")
+
+
+class Train(Section):
+    """Fine-tuning the student with TRL: supervised on the kept samples, or beyond."""
+
+    method: Literal["sft", "dpo", "kto", "sft+dpo", "kd", "on-policy"] = Field(
+        "sft", description="sft: on the accepted samples; dpo / kto: preference pairs from accepted and failed "
+                           "samples of one prompt; sft+dpo: sft, then dpo with the sft student as reference; kd: the "
+                           "teacher's stored top-k log-probabilities (needs sampling.logprobs); on-policy: the student "
+                           "generates and the teacher scores its tokens")
+    weights: Literal["full", "lora"] = Field("full", description="train every weight, or a LoRA adapter merged after")
     epochs: float = Field(1.0, gt=0, description="passes over the dataset")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (cosine schedule, 3% warm-up)")
     batch_size: int = Field(8, ge=1, description="rows per device and step")
@@ -188,16 +240,28 @@ class Train(Section):
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in the backward pass instead of keeping them (TRL's default): "
                           "far less memory, more compute; a small student on short rows trains faster without")
-    lora: Lora = Field(Lora(), description="LoRA settings, with method: lora")
+    lora: Lora = Field(Lora(), description="LoRA settings, with weights: lora")
     deepspeed_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage on GPUs; 0: none")
     workers: int = Field(1, ge=1, description="1 trains in-process; more are Ray Train data-parallel workers "
                                               "(global batch: batch_size x workers)")
-    trl_args: dict[str, Any] = Field({}, description="further trl.SFTConfig arguments, passed through unchanged "
-                                                     "(checked against TRL)")
+    trl_args: dict[str, Any] = Field({}, description="further arguments of the method's TRL config (SFTConfig, "
+                                                     "DPOConfig, ...), passed through unchanged (checked against TRL)")
+    pairs: Pairs = Field(Pairs(), description="how dpo, kto and sft+dpo pair the run's samples")
+    preference: Preference = Field(Preference(), description="dpo and kto settings")
+    kd: Kd = Field(Kd(), description="kd settings")
+    on_policy: OnPolicy = Field(OnPolicy(), description="on-policy settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_was_weights(cls, data):
+        # `method: full` / `method: lora` named the weights before there were other methods.
+        if isinstance(data, dict) and data.get("method") in ("full", "lora"):
+            data = {**data, "method": "sft", "weights": data["method"]}
+        return data
 
     @model_validator(mode="after")
     def _lora_not_on_sharded_weights(self):
-        if self.method == "lora" and self.deepspeed_stage == 3:
+        if self.weights == "lora" and self.deepspeed_stage == 3:
             # Merging an adapter into ZeRO-3 shards would write a broken student.
             raise ValueError("LoRA with deepspeed_stage 3 is not supported: use deepspeed_stage 2, or method: full")
         return self
@@ -383,6 +447,11 @@ class Recipe(Section):
         if data.get("prompts", {}).get("bad_rows") == "fail":
             data["prompts"] = {k: v for k, v in data["prompts"].items() if k != "bad_rows"}
         data = _without_unset(data, ADDED_UNSET)
+        train = data.get("train")
+        if isinstance(train, dict) and train.get("method") == "sft":  # added later: sft runs keep their ids
+            train = {k: v for k, v in train.items() if k not in ("pairs", "preference", "kd", "on_policy")}
+            train["method"] = train.pop("weights")  # as written before there were other methods
+            data["train"] = train
         if not data.get("gate"):  # added later: an empty gate leaves the hash as it was
             data.pop("gate", None)
         if isinstance(data.get("eval"), dict):  # added later; a check before the run changes no output
@@ -407,7 +476,7 @@ class Recipe(Section):
 
 
 # Keys added after runs were made, by where they sit; unset (None) they leave a recipe's hash as it was.
-ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
+ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
                ("prompts", "eval", "*", "category_field")}

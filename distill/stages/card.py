@@ -285,7 +285,7 @@ def _body(info: dict, lin: dict) -> str:
 {held}
 A small model distilled by distill from a teacher's verified answers:
 the teacher sampled {s['n']} answers per training prompt, the verifiers kept the right ones,
-and the base model was fine-tuned on them with supervised fine-tuning (TRL `SFTTrainer`).
+and the base model was fine-tuned on them with {METHOD_TEXT.get(t.get("method", "sft"), t.get("method"))}.
 
 ## Lineage
 
@@ -304,7 +304,7 @@ and the base model was fine-tuned on them with supervised fine-tuning (TRL `SFTT
 1. Teacher sampling: temperature {s['temperature']}, top-p {s['top_p']}, max {s['max_tokens']} tokens, {s['n']} per prompt, seeded per sample.
 2. Verification: {v}; a sample is kept when every required verifier accepts it; exact duplicates removed
    (dropped: {', '.join(f'{k} {n}' for k, n in m['dropped'].items()) or 'none'}).
-3. Training: {t['method']} fine-tuning, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
+3. Training: {t.get('method', 'sft')}, {t.get('weights', t['method'])} weights, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
    {recipe['train']['learning_rate']}, loss on the completion only; final training loss {t['train_loss']:.4f}.
 
 {tool_use_lines(m.get("tool_use"), "Tools and formats it was trained for")}
@@ -326,6 +326,19 @@ Obligations:
   safety) was not selected for.
 - {_eval_scope(ev)}
 """
+
+
+# How each train.method learns, for the card's first paragraph.
+METHOD_TEXT = {
+    "sft": "supervised fine-tuning (TRL `SFTTrainer`)",
+    "full": "supervised fine-tuning (TRL `SFTTrainer`)",  # summaries written before train.weights
+    "lora": "supervised fine-tuning of a LoRA adapter (TRL `SFTTrainer`)",
+    "dpo": "direct preference optimisation on pairs of its accepted and failed samples (TRL `DPOTrainer`)",
+    "kto": "KTO on its accepted and failed samples (TRL `KTOTrainer`)",
+    "sft+dpo": "supervised fine-tuning, then direct preference optimisation against that model (TRL)",
+    "kd": "logit distillation from the teacher's stored top-k log-probabilities, mixed with cross-entropy",
+    "on-policy": "on-policy distillation: the student generated, the teacher scored its tokens (TRL `GKDTrainer`)",
+}
 
 
 def cost_text(metrics: dict) -> str:

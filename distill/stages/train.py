@@ -45,6 +45,7 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     tokens = facts["tokens_per_epoch"] * recipe.train.epochs
     summary = {
         "method": recipe.train.method,
+        "weights": recipe.train.weights,
         "base": base.record(),
         "rows": rows,
         "epochs": recipe.train.epochs,

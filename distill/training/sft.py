@@ -114,7 +114,7 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
         args=SFTConfig(**sft_config_kwargs(run, run.files.checkpoints, list(report_to))),
         train_dataset=data,
         processing_class=tokenizer,
-        peft_config=lora_config(recipe.train) if recipe.train.method == "lora" else None,
+        peft_config=lora_config(recipe.train) if recipe.train.weights == "lora" else None,
         callbacks=[_Progress(progress, on_log), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
@@ -178,7 +178,7 @@ def _ray_node() -> dict:
 def _save_student(trainer, tokenizer, run, base: StudentBase) -> None:
     """Every rank takes part (ZeRO-3 gathers the weight shards here); rank 0 writes student/ in one rename.
     Elsewhere each rank holds the whole model, and rank 0 saves its own copy."""
-    if run.recipe.train.method == "lora":  # a student is one model directory: fold the adapter in
+    if run.recipe.train.weights == "lora":  # a student is one model directory: fold the adapter in
         trainer.model = trainer.model.merge_and_unload()
     zero3 = trainer.is_deepspeed_enabled and run.recipe.train.deepspeed_stage == 3
     state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if zero3 else None

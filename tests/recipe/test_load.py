@@ -186,7 +186,7 @@ def test_content_hash(tmp_path):
 
 def test_passthrough_checked_against_vllm(tmp_path):
     pytest.importorskip("vllm")  # the check imports vLLM (~10 s); no engine is started
-    bad = VALID + "  extra: {top_kk: 3, logprobs: 1, top_k: 2}\n"
+    bad = VALID + "  extra: {top_kk: 3, prompt_logprobs: 1, top_k: 2}\n"
     bad = bad.replace("teacher: smollm2-135m-instruct", "teacher: {id: smollm2-135m-instruct, engine_args: {enforce_eagr: true}}")
     found = problems(write(tmp_path, bad))
     assert set(found) == {"sampling.extra.top_kk", "sampling.extra.top_k", "teacher.engine_args.enforce_eagr"}
@@ -195,10 +195,10 @@ def test_passthrough_checked_against_vllm(tmp_path):
     assert "set it as sampling.top_k" in found["sampling.extra.top_k"]
     assert "did you mean 'enforce_eager'?" in found["teacher.engine_args.enforce_eagr"]
 
-    good = VALID + "  extra: {logprobs: 1}\n"
+    good = VALID + "  extra: {prompt_logprobs: 1}\n"
     good = good.replace("teacher: smollm2-135m-instruct", "teacher: {id: smollm2-135m-instruct, engine_args: {enforce_eager: true}}")
     recipe = load_recipe(write(tmp_path, good, "good.yaml"))
-    assert recipe.sampling.extra == {"logprobs": 1}
+    assert recipe.sampling.extra == {"prompt_logprobs": 1}
     assert recipe.teacher.engine_args == {"enforce_eager": True}
 
 

@@ -51,7 +51,7 @@ def test_no_api_key_is_written_anywhere(student_run):
 
 def test_training_learns_and_records_its_curve(student_run):
     t = json.loads((student_run["run"].dir / "train" / "summary.json").read_text())
-    assert t["method"] == "full" and t["steps"] >= 2 and not t["resumed"]
+    assert t["method"] == "sft" and t["weights"] == "full" and t["steps"] >= 2 and not t["resumed"]
     assert t["rows"] == 24  # 24 prompts x n=2, all right; the second of each pair is the same text, dropped
     assert len(t["log"]) == t["steps"] and all(e["loss"] > 0 for e in t["log"])
     assert t["trained_tokens"] > 0 and t["tokens_per_second"] > 0
