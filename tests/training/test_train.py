@@ -47,7 +47,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model
 def test_lora_trains_an_adapter_and_writes_a_merged_student(tmp_path, tiny_model, monkeypatch):
     run = sampled_run(tmp_path, tiny_model, monkeypatch, method="lora", lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     summary = train_student(run)
-    assert summary["method"] == "lora" and summary["steps"] > 0
+    assert summary["method"] == "sft" and summary["weights"] == "lora" and summary["steps"] > 0
     files = {p.name for p in (run.dir / "student").iterdir()}
     assert "model.safetensors" in files and "adapter_config.json" not in files  # one plain model directory
     from safetensors import safe_open
