@@ -2,11 +2,25 @@
 
 Text is read as lower-case words (and arithmetic operators) without punctuation. Each benchmark
 question becomes its set of word n-grams; a row is contaminated by a question when the row holds
-at least `min_overlap` of the question's n-grams. A question shorter than n words is one n-gram
-of all its words, so it is found only whole. N-grams shared by many of a benchmark's questions
-(a template, an appended instruction) are not counted: they say nothing about which question.
-One index from n-gram hash to the questions that hold it is built once; each row is then hashed
-and looked up in numpy, a chunk of rows at a time: linear in the rows.
+at least `min_overlap` of the question's n-grams. N-grams shared by many of a benchmark's
+questions (a template, an appended instruction) are not counted: they say nothing about which
+question. A row holding all of a question's n-grams holds the question; a row holding only part
+of them must hold at least two, and one that no more than two distinct questions of the
+benchmark hold. One shared n-gram, or only phrases the benchmark repeats ("what's the weather
+like", in seven BFCL requests) with another city after them, make a question of the same kind,
+not a reworded copy.
+
+A question shorter than n words is one n-gram of all its words, so it is found only whole: as
+the whole text, or inside a longer one ("Please define entropy, in one sentence." holds "Define
+entropy."). Inside a longer text only if one of its words is rare in its benchmark, used by
+fewer than 3 distinct questions: a short question made of words the benchmark uses everywhere
+("on", "help", "how are you today", as in BFCL's live_irrelevance set) is ordinary language,
+in any text, and is found only when it is the whole text compared.
+
+For a conversation the prompt text is its last user turn (the filter stage's `prompt_text`):
+system turns and the tools' definitions are never compared. One index from n-gram hash to the
+questions that hold it is built once; each row is then hashed and looked up in numpy, a chunk
+of rows at a time: linear in the rows.
 
 Benchmarks are files (JSON Lines, a JSON array of objects, or Parquet) with the question in one
 field, plus, by default, the recipe's own held-out eval prompts (benchmark name "eval"). A flagged
@@ -32,6 +46,9 @@ _SUFFIX_FORMAT: dict[str, Format] = {".jsonl": "jsonl", ".json": "json", ".parqu
 _ROWS_PER_CHUNK = 4_096  # rows hashed and looked up at once
 _QUOTE_CHARS = 60  # of a question, in a reason
 _COMMON_MIN_QUESTIONS = 3  # an n-gram two questions share is evidence, not template text
+# A short question is found inside a longer text only with a word fewer questions use than this.
+_EVERYDAY_WORD_QUESTIONS = 3
+_MIN_SHARED = 2  # n-grams a row holding part of a question must share with it
 
 
 class Benchmark(Params):
@@ -80,7 +97,8 @@ class DecontaminateParams(Params):
     min_overlap: float = Field(0.5, gt=0, le=1)
     # An n-gram in more than this share of one benchmark's questions (and in 3 or more) is
     # template text, like the instruction every generated question ends with, and is not
-    # counted: otherwise every question of a template matches every other. 1.0 counts them all.
+    # counted: otherwise every question of a template matches every other. 1.0 counts them all,
+    # and then a row holding part of a question needs no n-gram that few questions hold.
     common_share: float = Field(0.05, gt=0, le=1)
 
     @model_validator(mode="after")
@@ -138,8 +156,15 @@ class QuestionIndex:
     start: np.ndarray  # question ids of keys[k]: qid[start[k]:start[k + 1]]
     qid: np.ndarray
     size: np.ndarray  # n-grams per question (1 for a question shorter than n)
-    short: list[int]  # the word counts below n that some question has: row m-grams to look up
+    # The word counts below n of the short questions that may be found inside a longer text:
+    # the row m-grams to look up.
+    short: list[int]
     questions: list[tuple[str, str]]  # (benchmark, question text) by question id
+    # Per entry of qid: a short question of everyday words, found only as a whole text.
+    whole_only: np.ndarray | None = None
+    # Per entry of qid: the n-gram is held by fewer than _COMMON_MIN_QUESTIONS distinct questions
+    # of the question's benchmark, so it tells which question.
+    telling: np.ndarray | None = None
 
     @classmethod
     def build(cls, questions: list[tuple[str, str]], n: int, common_share: float = 1.0) -> QuestionIndex:
@@ -154,29 +179,52 @@ class QuestionIndex:
         order = np.argsort(grams, kind="stable")
         grams, owner = grams[order], owner[order]
         keys, first = np.unique(grams, return_index=True)
+        everyday = _everyday(kept, n)
         return cls(keys=keys, start=np.append(first, len(grams)), qid=owner,
                    size=np.bincount(owner, minlength=len(kept)),
-                   short=sorted({len(w) for _, _, w in kept if len(w) < n}),
-                   questions=[(b, q) for b, q, _ in kept])
+                   short=sorted({len(w) for i, (_, _, w) in enumerate(kept) if len(w) < n and not everyday[i]}),
+                   questions=[(b, q) for b, q, _ in kept], whole_only=everyday[owner],
+                   telling=(_held_by(grams, owner, kept) < _COMMON_MIN_QUESTIONS) | (common_share >= 1.0))
 
     def overlaps(self, texts: list[str], owners: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(owner, question id, share of the question's n-grams in the owner's texts), per pair
         that shares any; `owners` maps each text to its owner (a row may own two texts)."""
+        who, qid, shared, _ = self.matches(texts, owners, n)
+        return who, qid, shared / self.size[qid]
+
+    def matches(self, texts: list[str], owners: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+        """(owner, question id, n-grams shared, how many of them tell the question), per pair
+        that shares any; `owners` maps each text to its owner (a row may own two texts)."""
+        nothing = np.empty(0, np.int64)
         docs = [text_words(t) for t in texts]
-        found = [ngram_hashes(docs, m) for m in [n, *self.short]]
-        grams = np.concatenate([g for g, _ in found])
-        who = owners[np.concatenate([o for _, o in found])]
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        found = [(*ngram_hashes(docs, m), m) for m in [n, *self.short]]
+        grams = np.concatenate([g for g, _, _ in found])
+        who = owners[np.concatenate([o for _, o, _ in found])]
+        # An m-gram (m < n) of a longer text: a short question inside it, not the whole text.
+        inner = np.concatenate([lengths[o] > m if m < n else np.zeros(len(o), bool) for _, o, m in found])
         pos = np.minimum(np.searchsorted(self.keys, grams), len(self.keys) - 1)
         hit = self.keys[pos] == grams
-        pairs = np.unique(np.stack([who[hit], pos[hit]]).T, axis=0)  # each n-gram once per owner
+        pairs = np.unique(np.stack([who[hit], pos[hit], inner[hit]]).T, axis=0)
+        _, once = np.unique(pairs[:, :2], axis=0, return_index=True)  # each n-gram once per owner
+        pairs = pairs[once]
         if not len(pairs):
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-        who, pos = pairs[:, 0], pairs[:, 1]
+            return nothing, nothing, nothing, nothing
+        who, pos, inner = pairs[:, 0], pairs[:, 1], pairs[:, 2].astype(bool)
         count = self.start[pos + 1] - self.start[pos]
         within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        qid = self.qid[np.repeat(self.start[pos], count) + within]
-        combo, shared = np.unique(np.stack([np.repeat(who, count), qid]).T, axis=0, return_counts=True)
-        return combo[:, 0], combo[:, 1], shared / self.size[combo[:, 1]]
+        entry = np.repeat(self.start[pos], count) + within
+        who = np.repeat(who, count)
+        if self.whole_only is not None:
+            keep = ~(np.repeat(inner, count) & self.whole_only[entry])
+            who, entry = who[keep], entry[keep]
+        if not len(entry):
+            return nothing, nothing, nothing, nothing
+        combo, where, shared = np.unique(np.stack([who, self.qid[entry]]).T, axis=0,
+                                         return_inverse=True, return_counts=True)
+        telling = self.telling[entry] if self.telling is not None else np.ones(len(entry), bool)
+        told = np.bincount(where.reshape(-1), weights=telling, minlength=len(combo)).astype(np.int64)
+        return combo[:, 0], combo[:, 1], shared, told
 
 
 def _common(grams: np.ndarray, owner: np.ndarray, bench_of: list[str], share: float) -> np.ndarray:
@@ -189,6 +237,28 @@ def _common(grams: np.ndarray, owner: np.ndarray, bench_of: list[str], share: fl
                                 return_inverse=True, return_counts=True)
     count = count[where.reshape(-1)]
     return (count > share * sizes[bench]) & (count >= _COMMON_MIN_QUESTIONS)
+
+
+def _held_by(grams: np.ndarray, owner: np.ndarray, kept: list[tuple[str, str, list[str]]]) -> np.ndarray:
+    """Per (question, n-gram): how many distinct questions of the question's benchmark hold the
+    n-gram (a question repeated word for word, as BFCL repeats some across its sets, counts once)."""
+    _, text = np.unique(np.array([f"{b}\0{' '.join(w)}" for b, _, w in kept], dtype=str), return_inverse=True)
+    _, bench = np.unique(np.array([b for b, _, _ in kept], dtype=str), return_inverse=True)
+    code = np.stack([bench[owner].astype(np.uint64), grams, text[owner].astype(np.uint64)]).T
+    distinct, back = np.unique(code, axis=0, return_inverse=True)
+    _, where, count = np.unique(distinct[:, :2], axis=0, return_inverse=True, return_counts=True)
+    return count[where.reshape(-1)][back.reshape(-1)]
+
+
+def _everyday(kept: list[tuple[str, str, list[str]]], n: int) -> np.ndarray:
+    """Per question: shorter than n words, and each of its words used by at least
+    _EVERYDAY_WORD_QUESTIONS distinct questions of its benchmark."""
+    short = np.array([len(w) < n for _, _, w in kept], dtype=bool)
+    if not short.any():
+        return short
+    words, owner = ngram_hashes([w for _, _, w in kept], 1)
+    rare = _held_by(words, owner, kept) < _EVERYDAY_WORD_QUESTIONS
+    return short & (np.bincount(owner[rare], minlength=len(kept)) == 0)
 
 
 def _quote(text: str) -> str:
@@ -225,8 +295,12 @@ def decontaminate(rows: list[dict], params: DecontaminateParams, ctx: FilterCont
         chunk = rows[lo : lo + _ROWS_PER_CHUNK]
         texts = [str(r.get(f) or "") for f in fields for r in chunk]
         owners = np.tile(np.arange(len(chunk)), len(fields))
-        who, qid, share = index.overlaps(texts, owners, params.n)
-        keep = share >= params.min_overlap - 1e-9  # 0.5 of 4 n-grams is exactly 2 of 4
+        who, qid, shared, told = index.matches(texts, owners, params.n)
+        size = index.size[qid]
+        share = shared / size
+        # All of the question, or enough of it (0.5 of 4 n-grams is exactly 2 of 4) that is more
+        # than a stock phrase: two n-grams or more, one of them telling the question.
+        keep = (share >= params.min_overlap - 1e-9) & ((shared == size) | ((shared >= _MIN_SHARED) & (told > 0)))
         who, qid, share = who[keep], qid[keep], share[keep]
         for k in np.lexsort((qid, -share, who)):  # per row: the largest share, then the first question
             i = lo + int(who[k])
