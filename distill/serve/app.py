@@ -2,7 +2,8 @@
 OpenAI-compatible endpoints, limits, the client key) and one Student deployment per student (a
 vLLM engine). The routing itself is distill.serve.router; the large model is reached over HTTP.
 
-Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health.
+Endpoints: POST /v1/chat/completions (`stream: true` too: the checked answer sent as chunks,
+distill.serve.stream), GET /v1/models, GET /health. The router's metrics: distill.serve.metrics.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import os
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from distill.backends.http_wire import chat_url, error_text
 from distill.serve.config import Fallback, ServeConfig
-from distill.serve.router import Router, UpstreamError, error_body
+from distill.serve.router import Router, Served, UpstreamError, error_body
+from distill.serve.stream import chunks, sse
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="distill serve")
@@ -45,7 +47,7 @@ class HTTPUpstream:
     async def chat(self, request: dict) -> dict:
         import httpx
 
-        body = {k: v for k, v in request.items() if k != "stream"}
+        body = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
         try:
             r = await self.client.post(self.url, json=body)
         except httpx.TimeoutException:
@@ -89,10 +91,28 @@ def _error(status: int, message: str, kind: str, code: str | None = None, header
     return JSONResponse(error_body(message, kind, code), status_code=status, headers=headers)
 
 
+def take_stream(body: dict) -> tuple[bool, bool]:
+    """Takes `stream` and `stream_options` out of a request body: the router answers every request
+    whole, and the answer is streamed once complete. Returns (stream, include_usage)."""
+    stream, options = bool(body.pop("stream", False)), body.pop("stream_options", None)
+    return stream, stream and isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def respond(served: Served, stream: bool = False, include_usage: bool = False) -> Response:
+    """The router's answer as the client asked for it: a ChatCompletion, or (`stream`) the same
+    answer as server-sent chunks. An error is a JSON error body with its status either way."""
+    headers = {ROUTE_HEADER: served.header}
+    if not stream or served.status != 200:
+        return JSONResponse(served.body, status_code=served.status, headers=headers)
+    return StreamingResponse(sse(chunks(served.body, include_usage)), media_type="text/event-stream",
+                             headers={**headers, "cache-control": "no-cache"})
+
+
 @serve.deployment(name="Router")
 @serve.ingress(api)
 class RouterDeployment:
     def __init__(self, config: dict, students: dict):
+        from distill.serve.metrics import RayMetrics
         from distill.serve.served_log import ServedLog
         from distill.usage.classifier import RequestClassifier
 
@@ -105,7 +125,7 @@ class RouterDeployment:
         classifier = RequestClassifier.load(self.config.classifier) if self.config.classifier else None
         call_log = ServedLog(self.config.log_dir) if self.config.log_dir else None
         self.router = Router(self.config, classifier, {n: RemoteStudent(h) for n, h in students.items()},
-                             HTTPUpstream(self.config.fallback), call_log)
+                             HTTPUpstream(self.config.fallback), call_log, metrics=RayMetrics())
         self.in_flight = 0
         self.started = time.time()
 
@@ -144,11 +164,8 @@ class RouterDeployment:
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
                 return _error(400, "the body must be a JSON object with a non-empty `messages` list",
                               "invalid_request_error")
-            if body.get("stream"):
-                return _error(400, "streaming is not supported yet; send stream: false", "invalid_request_error",
-                              "stream_unsupported")
-            served = await self.router.handle(body)
-            return JSONResponse(served.body, status_code=served.status, headers={ROUTE_HEADER: served.header})
+            stream, include_usage = take_stream(body)
+            return respond(await self.router.handle(body), stream, include_usage)
         finally:
             self.in_flight -= 1
 

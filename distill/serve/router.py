@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from distill.serve.config import ServeConfig, Student
+from distill.serve.metrics import NoMetrics, Recorder, record
 
 log = logging.getLogger(__name__)
 LLM = "llm"
@@ -181,6 +182,7 @@ class Router:
     upstream: Upstream
     call_log: CallLog | None = None
     clock: Callable[[], float] = time.monotonic
+    metrics: Recorder = field(default_factory=NoMetrics)  # calls, fallbacks, failed checks, latency
     breakers: dict[str, CircuitBreaker] = field(init=False)
 
     def __post_init__(self):
@@ -188,8 +190,8 @@ class Router:
         self.breakers = {s.name: CircuitBreaker(b.failures, b.open_seconds, self.clock) for s in self.config.students}
 
     async def handle(self, request: dict) -> Served:
-        """Answers one request (a chat.completions.create body) and logs it. Never raises: an
-        answer nobody could give is a Served with an error status."""
+        """Answers one request (a chat.completions.create body), logs it and records its metrics.
+        Never raises: an answer nobody could give is a Served with an error status."""
         started = self.clock()
         try:
             served = await asyncio.wait_for(self._route(request), self.config.limits.timeout_seconds)
@@ -201,6 +203,10 @@ class Router:
             served = Served(500, error_body(f"the router failed: {type(e).__name__}", "server_error"), "none",
                             "router-error")
         served.latency_ms = (self.clock() - started) * 1000
+        try:
+            record(self.metrics, served)
+        except Exception:  # noqa: BLE001 - a metric is never worth a failed call
+            log.exception("the call's metrics could not be recorded")
         if self.call_log is not None:
             try:
                 await self.call_log.append(served_record(request, served))

@@ -1,6 +1,6 @@
 """`distill serve`'s Ray Serve app on loopback with a real student (the shipped SmolLM2-135M,
 hermes template) and a tiny local OpenAI-compatible server as the fallback, called with the
-official `openai` client."""
+official `openai` client, streamed answers too."""
 
 from __future__ import annotations
 
@@ -112,14 +112,30 @@ def test_the_app_routes_to_a_real_student_and_to_the_fallback(tmp_path):
         assert {m.id for m in client.models.list().data} == {"weather-smollm2", FAKE_MODEL}
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
-        with pytest.raises(openai.BadRequestError, match="streaming is not supported yet"):
-            client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], stream=True)
+
+        # Streamed: the same routing, the checked answer sent as chunks, usage last.
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "system", "content": WEATHER_SYSTEM},
+                                      {"role": "user", "content": "What is the weather in Oslo?"}],
+            tools=TOOLS, stream=True, stream_options={"include_usage": True})
+        route, got = raw.headers.get("x-distill-route"), list(raw.parse())
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        assert {c.model for c in got} == {"weather-smollm2" if route == "weather-smollm2" else FAKE_MODEL}
+        calls = [t for c in got if c.choices for t in c.choices[0].delta.tool_calls or []]
+        text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+        if route == "weather-smollm2":
+            assert calls and calls[0].function.name == "get_weather"
+            assert "city" in json.loads(calls[0].function.arguments)
+        else:
+            assert route == "llm; reason=verifier-failed" and text == "the LLM says hello"
+        assert got[-1].choices == [] and got[-1].usage.total_tokens > 0
+        assert not any("stream" in asked or "stream_options" in asked for asked in FakeLLM.asked)
 
         logs = list((tmp_path / "served").glob("served-*.jsonl"))
         records = [json.loads(line) for f in logs for line in f.read_text().splitlines()]
-        assert [r["route"]["answered_by"] for r in records][0] == "weather-smollm2" and len(records) == 3
+        assert [r["route"]["answered_by"] for r in records][0] == "weather-smollm2" and len(records) == 4
         summary = import_logs([str(f) for f in logs], str(tmp_path / "store"))
-        assert summary.read == 3 and not summary.malformed
+        assert summary.read == 4 and not summary.malformed
         print(f"\nstartup {startup:.0f} s, first student call {first_call:.1f} s, tools call route: "
               f"{records[1]['route']['answered_by']} ({records[1]['route']['reason']}, verdict "
               f"{records[1]['verdict']})")
