@@ -75,6 +75,9 @@ class Student(Strict):
     # A 135M model on 2 CPU cores writes ~100 tokens in a few seconds; a longer wait means it is stuck or queued.
     timeout_seconds: float = Field(30, gt=0, description="seconds before its answer is given up and the fallback "
                                                          "answers")
+    examples: str | None = Field(None, description="a JSON file of example turns (user/assistant) put after the "
+                                                   "system turn of every request, as for a base promoted few-shot; "
+                                                   "relative to this file")
     replicas: int = Field(1, ge=1, description="Ray Serve replicas of its engine")
     engine_args: dict = Field({}, description="vLLM engine arguments over the CPU/GPU defaults (e.g. max_model_len)")
 
@@ -192,6 +195,16 @@ def load_config(path: str | Path) -> ServeConfig:
                 update["template"] = t.name if s.template in chat_templates.NAMES else str((base / s.template).resolve())
             except ValueError as e:
                 problems.append(Problem(f"students[{i}].template", str(e)))
+        if s.examples is not None:
+            where = base / s.examples
+            try:
+                turns = json.loads(where.read_text())
+                if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("role") in ("user", "assistant")
+                                                          for t in turns):
+                    raise ValueError("not a JSON list of user and assistant turns")
+                update["examples"] = str(where.resolve())
+            except (OSError, ValueError) as e:
+                problems.append(Problem(f"students[{i}].examples", f"{s.examples!r}: {e}"))
         if s.policy == "cascade" and s.verifier == "none":
             problems.append(Problem(f"students[{i}].verifier", "a cascade checks the student's answer: give tool-call "
                                                                "or json, or make the policy student"))
@@ -225,12 +238,14 @@ def starting_config(convert_json: str | Path, classifier: str, fallback: dict) -
             if base is None:
                 notes.append(f"{c['id']}: promote-base {c['model']!r}, but no baseline names it; left to the fallback")
                 continue
-            if base.get("shots"):
-                # The base passed with examples in its prompt; serving does not add them (yet).
-                notes.append(f"{c['id']}: {base['model']} passed {base['shots']}-shot; it is served zero-shot here, "
-                             "so check it before relying on it")
+            shown = {}
+            if base.get("shots") and base.get("examples"):  # served with the examples it passed with
+                shown = {"examples": base["examples"]}
+            elif base.get("shots"):  # a convert.json written before the examples were kept
+                notes.append(f"{c['id']}: {base['model']} passed {base['shots']}-shot, but convert.json does not say "
+                             "which examples; it is served zero-shot here, so check it before relying on it")
             students.append({**entry, "name": f"{base['model']}-{c['id']}", "model": base["model"],
-                             **({"template": "hermes"} if verifier == "tool-call" else {})})
+                             **({"template": "hermes"} if verifier == "tool-call" else {}), **shown})
         else:
             notes.append(f"{c['id']}: {decision}; the fallback answers it")
     config = {"classifier": str(classifier), "fallback": fallback, "students": students,

@@ -10,6 +10,7 @@ import uuid
 
 from distill.serve.config import Student
 from distill.serve.router import Answer
+from distill.usage.convert import with_examples
 from distill.teachers import Serving, Teacher, catalog, load_teacher
 
 # On CPU a served student shares the machine with the router and other students: a tenth of
@@ -39,6 +40,14 @@ def assistant_message(text: str, tools_sent: bool) -> dict:
     return message
 
 
+def example_turns(student: Student) -> list[dict]:
+    """The student's example turns (`examples:`), put before each request's own; none without."""
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(student.examples).read_text()) if student.examples else []
+
+
 class StudentEngine:
     """One student's vLLM engine (AsyncLLMEngine) and its renderer."""
 
@@ -49,6 +58,7 @@ class StudentEngine:
         from distill.hardware import has_cuda
 
         self.student = student
+        self.examples = example_turns(student)
         overrides = dict(student.engine_args)
         if not has_cuda():
             overrides.setdefault("gpu_memory_utilization", CPU_MEMORY_SHARE)
@@ -62,7 +72,8 @@ class StudentEngine:
         from vllm import SamplingParams
 
         tools = request.get("tools") or None
-        prompt = self.renderer.render([{"work_id": "0", "messages": request["messages"], "tools": tools,
+        messages = with_examples(request["messages"], self.examples) if self.examples else request["messages"]
+        prompt = self.renderer.render([{"work_id": "0", "messages": messages, "tools": tools,
                                         "sampling_params": {}}])[0]["prompt"]
         stop = request.get("stop")
         # Greedy unless the client asks otherwise: students are gated on their greedy answers.

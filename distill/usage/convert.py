@@ -193,6 +193,11 @@ def examples(folder: Path, shots: int, seed: int) -> list[dict]:
     return turns
 
 
+def examples_file(plan_dir: Path, cluster: str, base: str, shots: int) -> Path:
+    """Where the example turns of a few-shot baseline are kept: the cluster's plan folder."""
+    return plan_dir / cluster / f"examples-{base}-{shots}shot.json"
+
+
 def with_examples(messages: list[dict], shots: list[dict]) -> list[dict]:
     """The call's turns with the example turns after its system turn."""
     head = [m for m in messages[:1] if m["role"] in ("system", "developer")]
@@ -238,6 +243,8 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
         work, meta = [], {}
         for c, recipe, held, _, shots in jobs:
             turns = examples(plan_dir / c["id"], shots, recipe.sampling.seed) if shots else []
+            if turns:  # kept, so a base promoted few-shot is served with the examples it passed with
+                storage.write_json(examples_file(plan_dir, c["id"], base, shots), turns)
             for p in held:
                 params = {**sampling_params(recipe, recipe.sampling.seed), "temperature": 0.0, "top_p": 1.0,
                           "top_k": 0, "min_p": 0.0}
@@ -270,7 +277,8 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
             scored = [{"completion": r["text"], "correct": accepted(v, r["error"])} for r, v in zip(rows, verdicts)]
             s = score(c["task_type"], scored, labels_of(plan_dir / cid))
             c["baselines"].append({"model": base, "shots": shots, **s, "relative": relative(s["accuracy"], c["llm_accuracy"]),
-                                   "seconds_per_call": seconds_per_answer(timing)})
+                                   "seconds_per_call": seconds_per_answer(timing),
+                                   **({"examples": str(examples_file(plan_dir, cid, base, shots))} if shots else {})})
 
 
 # ---- the fine-tune --------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def test_a_starting_config_from_convert_promotes_what_convert_promoted(tmp_path,
     (tmp_path / "convert.json").write_text(json.dumps(convert))
     out = tmp_path / "serve.yaml"
     notes = write_starting_config(tmp_path / "convert.json", out, classifier_file, FALLBACK)
-    assert any("c1: smollm2-135m-instruct passed 3-shot; it is served zero-shot" in n for n in notes)
+    assert any("c1: smollm2-135m-instruct passed 3-shot, but convert.json does not say which examples" in n
+               for n in notes)
     assert any(n.startswith("c2: keep-llm") for n in notes)
     config = load_config(out)
     assert [(s.cluster, s.name, s.policy, s.verifier) for s in config.students] == [
@@ -128,3 +129,37 @@ def test_a_starting_config_needs_a_convert_result(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a convert.json"):
         starting_config(tmp_path / "x.json", "c.json", FALLBACK)
+
+
+def test_a_base_promoted_few_shot_is_served_with_the_examples_it_passed_with(tmp_path, classifier_file):
+    from distill.serve.student import example_turns
+    from distill.usage.convert import with_examples
+
+    turns = [{"role": "user", "content": "Refund please"}, {"role": "assistant", "content": "billing"}]
+    shots = tmp_path / "plan" / "c1" / "examples-smollm2-135m-instruct-1shot.json"
+    shots.parent.mkdir(parents=True)
+    shots.write_text(json.dumps(turns))
+    convert = {"kind": "distill usage convert", "clusters": [
+        {"id": "c1", "task_type": "classification", "decision": "promote-base", "model": "smollm2-135m-instruct (1-shot)",
+         "baselines": [{"model": "smollm2-135m-instruct", "shots": 1, "relative": 0.95, "examples": str(shots)}]}]}
+    (tmp_path / "convert.json").write_text(json.dumps(convert))
+    notes = write_starting_config(tmp_path / "convert.json", tmp_path / "serve.yaml", classifier_file, FALLBACK)
+    assert notes == []
+    student = load_config(tmp_path / "serve.yaml").students[0]
+    assert student.examples == str(shots)
+    call = [{"role": "system", "content": "Label the ticket."}, {"role": "user", "content": "My card was charged twice"}]
+    assert with_examples(call, example_turns(student)) == [call[0], *turns, call[1]]
+
+
+def test_an_examples_file_must_hold_user_and_assistant_turns(tmp_path, classifier_file):
+    (tmp_path / "shots.json").write_text(json.dumps([{"role": "tool", "content": "x"}]))
+    path = write(tmp_path, {"classifier": "classifier.json", "fallback": FALLBACK,
+                            "students": [{"cluster": "c1", "name": "support", "model": "smollm2-135m-instruct",
+                                          "policy": "student", "examples": "shots.json"},
+                                         {"cluster": "c0", "name": "other", "model": "smollm2-135m-instruct",
+                                          "policy": "student", "examples": "missing.json"}]})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    found = {p.key: p.message for p in info.value.problems}
+    assert "not a JSON list of user and assistant turns" in found["students[0].examples"]
+    assert "missing.json" in found["students[1].examples"]

@@ -4,6 +4,7 @@ clusters' calls as the logged model did) and a stand-in fine-tune; then a second
 new logs were imported, which redoes only the clusters that changed."""
 
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -148,6 +149,9 @@ def test_a_whole_conversion_then_an_incremental_one(demo, tmp_path, monkeypatch)
     intent = c["ticket-intent"]
     zero = [b for b in intent["baselines"] if b["shots"] == 0][0]
     assert zero["accuracy"] == 1.0 and zero["format_errors"] == 0.0 and zero["answers"] == 12
+    few = [b for b in intent["baselines"] if b["shots"] == 3][0]  # its examples kept, for serving it few-shot
+    shown = json.loads(Path(few["examples"]).read_text())
+    assert "examples" not in zero and [t["role"] for t in shown] == ["user", "assistant"] * 3
     assert intent["decision"] == "promote-base" and intent["model"] == "smollm2-135m-instruct"
     assert "ticket-intent" not in trained and sorted(trained) == ["office-assistant", "ticket-fields", "travel-desk"]
     assert c["travel-desk"]["decision"] == "promote-student" and c["travel-desk"]["model"] == "student-travel-desk"
