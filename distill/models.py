@@ -97,3 +97,16 @@ def licence_from_card(model_dir: Path) -> str | None:
         return None
     lic = meta.get("license")
     return meta.get("license_name") if lic == "other" else lic
+
+
+def vocabulary_mismatch(student_config, student_tokenizer, teacher_config, teacher_tokenizer) -> str | None:
+    """Why the two models' next-token distributions cannot be compared id by id; None when they can."""
+    ours, theirs = student_config.get_text_config().vocab_size, teacher_config.get_text_config().vocab_size
+    if ours != theirs:
+        return f"the student's output layer has {ours} token ids and the teacher's {theirs}"
+    a, b = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    differ = sorted(tok for tok in a.keys() | b.keys() if a.get(tok) != b.get(tok))
+    if differ:
+        return (f"their tokenizers differ in {len(differ)} tokens (e.g. {differ[0]!r}: student id "
+                f"{a.get(differ[0])}, teacher id {b.get(differ[0])})")
+    return None

@@ -24,8 +24,8 @@ import yaml
 from distill import storage
 from distill.lineage import code_version, digest
 from distill.recipe import Recipe
-from distill.schema import (DATASET_SCHEMA, DECISIONS_SCHEMA, EVAL_SCHEMA, PROBE_ANSWER_SCHEMA, PROMPT_SCHEMA,
-                            SAMPLE_SCHEMA, STUDENT_META_FILE)
+from distill.schema import (DATASET_SCHEMA, DECISIONS_SCHEMA, EVAL_SCHEMA, LOGPROBS_SCHEMA, PROBE_ANSWER_SCHEMA,
+                            PROMPT_SCHEMA, SAMPLE_SCHEMA, STUDENT_META_FILE)
 from distill.teachers import Teacher
 
 
@@ -42,6 +42,7 @@ class RunDir:
     lock = property(lambda self: self.root / ".lock")
     samples_dir = property(lambda self: self.root / "samples")
     attempts = property(lambda self: self.samples_dir / "attempts.json")
+    logprobs_dir = property(lambda self: self.samples_dir / "logprobs")
     filters_dir = property(lambda self: self.root / "filters")
     decisions = property(lambda self: self.filters_dir / "decisions.parquet")
     filter_summary = property(lambda self: self.filters_dir / "summary.json")
@@ -49,10 +50,16 @@ class RunDir:
     dataset = property(lambda self: self.dataset_dir / "train.parquet")
     manifest = property(lambda self: self.dataset_dir / "manifest.json")
     dataset_card = property(lambda self: self.dataset_dir / "README.md")
+    pairs = property(lambda self: self.dataset_dir / "pairs.parquet")  # dpo, sft+dpo: chosen and rejected
+    unpaired = property(lambda self: self.dataset_dir / "unpaired.parquet")  # kto: completions labelled good or bad
     train_dir = property(lambda self: self.root / "train")
     train_summary = property(lambda self: self.train_dir / "summary.json")
     checkpoints = property(lambda self: self.train_dir / "checkpoints")
     deepspeed_config = property(lambda self: self.train_dir / "deepspeed.json")
+    sft_phase_dir = property(lambda self: self.train_dir / "sft")  # sft+dpo: the supervised phase
+    sft_phase_model = property(lambda self: self.sft_phase_dir / "model")
+    sft_phase_checkpoints = property(lambda self: self.sft_phase_dir / "checkpoints")
+    sft_phase_summary = property(lambda self: self.sft_phase_dir / "summary.json")
     student_dir = property(lambda self: self.root / "student")
     student_meta = property(lambda self: self.student_dir / STUDENT_META_FILE)
     model_card = property(lambda self: self.student_dir / "README.md")
@@ -72,6 +79,19 @@ class RunDir:
 
     def sample_parts(self) -> list[Path]:
         return sorted(self.samples_dir.glob("part-*.parquet"))
+
+    def sample_part(self, work_ids: list[str]) -> Path:
+        """The samples part of a batch, named by the work it holds."""
+        return self.samples_dir / f"part-{digest(sorted(work_ids))}.parquet"
+
+    def logprob_part(self, sample_part: Path) -> Path:
+        """The teacher's log-probabilities of a samples part's rows (sampling.logprobs): same name."""
+        return self.logprobs_dir / sample_part.name
+
+    def logprob_parts(self) -> list[Path]:
+        """The log-probability parts whose samples part exists. One without (the sampler was killed
+        between the two writes) is left over: its work is sampled again, into another part."""
+        return [p for p in map(self.logprob_part, self.sample_parts()) if p.is_file()]
 
     def student_staging(self) -> Path:
         """Where a student is written before its one rename into student/."""
@@ -106,6 +126,19 @@ class RunDir:
     def read_sample_part(self, part: Path) -> list[dict]:
         return pq.read_table(part, schema=SAMPLE_SCHEMA).to_pylist()
 
+    def read_logprobs(self, sample_ids: set[str] | None = None) -> tuple[dict[str, dict], list[Path]]:
+        """sample id -> its encoded LOGPROBS_SCHEMA row (distill.training.logits.decode reads it),
+        for the given samples or all; and the parts that held any of them."""
+        rows: dict[str, dict] = {}
+        read = []
+        for part in self.logprob_parts():
+            table = pq.read_table(part, schema=LOGPROBS_SCHEMA)
+            found = [r for r in table.to_pylist() if sample_ids is None or r["sample_id"] in sample_ids]
+            if found:
+                read.append(part)
+                rows.update((r["sample_id"], r) for r in found)
+        return rows, read
+
     def read_attempts(self) -> list[dict]:
         return self.read_json(self.attempts) or []
 
@@ -135,8 +168,19 @@ class RunDir:
 
     def write_sample_part(self, work_ids: list[str], rows: list[dict]) -> Path:
         """A part named by the work it holds, so the same batch written twice is one file."""
-        part = self.samples_dir / f"part-{digest(sorted(work_ids))}.parquet"
+        part = self.sample_part(work_ids)
         self.rewrite_sample_part(part, rows)
+        return part
+
+    def write_logprob_part(self, work_ids: list[str], rows: list[tuple]) -> Path:
+        """The teacher's log-probabilities of a batch, (sample id, TeacherTokens) pairs, under the
+        name its samples part will have. Written first: a samples part that exists has its
+        log-probabilities beside it. zstd: the packed arrays compress far better than with snappy."""
+        from distill.training import logits
+
+        part = self.logprob_part(self.sample_part(work_ids))
+        table = logits.table(rows)
+        storage._atomic(part, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         return part
 
     def rewrite_sample_part(self, part: Path, rows: list[dict]) -> None:

@@ -174,3 +174,26 @@ EVAL_SCHEMA = pa.schema([
     ("verdicts", pa.list_(VERDICT)),
     ("correct", pa.bool_()),
 ])
+
+# The teacher's top-k log-probabilities of each sample's generated tokens (sampling.logprobs),
+# one row per sample, in samples/logprobs/ beside the samples part of the same name. Arrays are
+# packed little-endian binary. Token ids: uint16 (id_bytes 2, when every id of the row fits) or
+# uint32 (4). Log-probabilities: fixed point, LOGPROB_SCALE units per nat, clamped to
+# [LOGPROB_FLOOR, 0] nats and stored negated as uint16; a position's top-k as the first (the
+# largest) then each one's drop from the one before, which compresses far better. A generated
+# token is named by its place in the top-k when it is there with the same log-probability (most
+# are); only the others are stored whole. distill/training/logits.py encodes and decodes them.
+LOGPROB_SCALE = 512
+LOGPROB_FLOOR = -32.0
+NOT_IN_TOP_K = 255
+LOGPROBS_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("k", pa.uint8()),  # top log-probabilities per position
+    ("tokens", pa.int32()),  # generated positions
+    ("id_bytes", pa.uint8()),  # 2 or 4
+    ("token_ranks", pa.binary()),  # [tokens] uint8: each generated token's place in the top-k, or NOT_IN_TOP_K
+    ("token_ids", pa.binary()),  # [tokens NOT_IN_TOP_K]: those generated ids, in order
+    ("token_logprobs", pa.binary()),  # [tokens NOT_IN_TOP_K]: the teacher's log-probability of each, negated
+    ("top_ids", pa.binary()),  # [tokens, k]: the teacher's k most likely ids, most likely first
+    ("top_logprobs", pa.binary()),  # [tokens, k]: the first negated, then the drops
+], metadata={b"logprob_scale": str(LOGPROB_SCALE).encode(), b"logprob_floor": str(LOGPROB_FLOOR).encode()})

@@ -30,8 +30,9 @@ def chat_url(base_url: str) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
-def parse_completion(data: dict) -> dict:
-    """A chat completion's first choice as a result row (without work_id)."""
+def parse_completion(data: dict, top_logprobs: int | None = None) -> dict:
+    """A chat completion's first choice as a result row (without work_id); with `top_logprobs`
+    (the request asked for them), its `logprobs` too (`parse_logprobs`)."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
     text = message.get("content") or ""
@@ -50,7 +51,43 @@ def parse_completion(data: dict) -> dict:
         row["text"] = f"{text}\n{blocks}" if text.strip() else blocks
         if row["finish_reason"] == "tool_calls":  # OpenAI's word for a turn that ended in calls
             row["finish_reason"] = "stop"
+    if top_logprobs:
+        row["logprobs"] = parse_logprobs(choice.get("logprobs"), top_logprobs)
     return row
+
+
+TOKEN_ID_PREFIX = "token_id:"  # vLLM's token names under return_tokens_as_token_ids
+
+
+def parse_logprobs(logprobs: dict | None, k: int) -> dict | None:
+    """The choice's `logprobs.content` as a result's `logprobs`: the generated token ids, each one's
+    log-probability, and the top-k ids and log-probabilities of every position.
+
+    Token ids, not text: a server names tokens by their text, which does not map back to ids
+    (a text can be several tokens, a token part of a character). vLLM names them `token_id:N`
+    when asked (`return_tokens_as_token_ids`, which the backend sends with extra params on);
+    None when the server did not, or gave fewer than k alternatives at a position."""
+    content = (logprobs or {}).get("content")
+    if content is None:
+        return None
+    out: dict = {"token_ids": [], "token_logprobs": [], "top_ids": [], "top_logprobs": []}
+    for entry in content:
+        token = _token_id(entry.get("token"))
+        top = sorted(((_token_id(t.get("token")), float(t["logprob"])) for t in entry.get("top_logprobs") or []),
+                     key=lambda p: -p[1])[:k]
+        if token is None or len(top) < k or any(i is None for i, _ in top):
+            return None
+        out["token_ids"].append(token)
+        out["token_logprobs"].append(float(entry["logprob"]))
+        out["top_ids"].append([i for i, _ in top])
+        out["top_logprobs"].append([v for _, v in top])
+    return out
+
+
+def _token_id(token) -> int | None:
+    if isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX) and token[len(TOKEN_ID_PREFIX):].isdigit():
+        return int(token[len(TOKEN_ID_PREFIX):])
+    return None
 
 
 def _call(call: dict) -> dict:

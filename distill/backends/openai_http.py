@@ -27,6 +27,9 @@ is on, which vLLM and SGLang accept; when it is off they are dropped with a warn
 Text, finish reason and token counts come from the response. A reasoning model served
 with a reasoning parser returns its trace apart from the answer; it is joined back as
 `<think>\\n{trace}\\n</think>\\n\\n{answer}`, the text the local engine would have produced.
+With `sampling.logprobs: k` a request asks for `logprobs: true, top_logprobs: k` and, with
+`send_extra_params`, for vLLM's `return_tokens_as_token_ids`: the log-probabilities are kept by
+token id, and a server that names tokens only by their text (a hosted API) gives none to keep.
 A request with tools sends them as `tools`; the tool calls the server parsed (`message.tool_calls`,
 e.g. `vllm serve --enable-auto-tool-choice --tool-call-parser hermes`) are kept as the result's
 `tool_calls` and written into the text as `<tool_call>` blocks after the content, the form the
@@ -127,11 +130,16 @@ class OpenAIHTTPBackend:
 
     def body(self, request: dict) -> dict:
         """The JSON body for one request row."""
-        params = request["sampling_params"]
+        params = dict(request["sampling_params"])
+        top_k = params.pop("logprobs", None)  # vLLM's number; OpenAI's logprobs is a yes or no
         body: dict[str, Any] = {"model": self.model, "messages": request["messages"], "n": 1}
         if request.get("tools"):
             body["tools"] = request["tools"]
         body.update({k: params[k] for k in OPENAI_FIELDS if params.get(k) is not None})
+        if top_k:
+            body.update(logprobs=True, top_logprobs=top_k)
+            if self.endpoint.send_extra_params:  # vLLM: tokens as "token_id:N", so they map to ids
+                body["return_tokens_as_token_ids"] = True
         if self.endpoint.send_extra_params:
             body.update({k: v for k, v in params.items() if k not in OPENAI_FIELDS and v is not None})
         return body
@@ -252,7 +260,7 @@ class OpenAIHTTPBackend:
                            retry_after=retry_after_seconds(response.headers.get("retry-after")) if retry else None,
                            status=status)
         try:
-            return parse_completion(response.json())
+            return parse_completion(response.json(), body.get("top_logprobs") if body.get("logprobs") else None)
         except (ValueError, LookupError, TypeError, AttributeError) as e:
             raise _Failure(f"unexpected response ({type(e).__name__}: {e}): {response.text[:ERROR_BODY_CHARS]}",
                            retry=False) from None
@@ -271,8 +279,13 @@ class OpenAIHTTPBackend:
     def _warn_dropped(self, requests: list[dict]) -> None:
         if self.endpoint.send_extra_params:
             return
+        if any(r["sampling_params"].get("logprobs") for r in requests):
+            log.warning("teacher %r: endpoint.send_extra_params is off, so the server is not asked for token ids "
+                        "(vLLM's return_tokens_as_token_ids) and the top-k log-probabilities cannot be kept",
+                        self.teacher.id)
         dropped = sorted({k for r in requests for k, v in r["sampling_params"].items()
-                          if k not in OPENAI_FIELDS and v is not None and v not in NEUTRAL_EXTRAS.get(k, ())})
+                          if k not in OPENAI_FIELDS + ("logprobs",) and v is not None
+                          and v not in NEUTRAL_EXTRAS.get(k, ())})
         if dropped:
             log.warning("teacher %r: endpoint.send_extra_params is off, so %s are not sent and the server's "
                         "defaults apply", self.teacher.id, ", ".join(dropped))

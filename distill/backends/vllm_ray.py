@@ -95,7 +95,7 @@ def cpu_engine_env() -> dict[str, str]:
 def _postprocess(row: dict) -> dict:
     """Runs in the Ray workers: keep flat columns only (nested engine structs vary by row)."""
     tokens = row.get("generated_tokens")
-    return {
+    out = {
         "work_id": row["work_id"],
         "text": row.get("generated_text") or "",
         "prompt_tokens": int(row.get("num_input_tokens") or 0),
@@ -105,6 +105,48 @@ def _postprocess(row: dict) -> dict:
         "seconds": float(row.get("time_taken_llm") or 0.0),  # in the engine, from submission to the last token
         "error": "",
     }
+    row = _flat_logprobs(row)  # already flat when the engine stage's rows were tagged
+    if row.get("logprob_ids") is not None:  # requested (sampling_params.logprobs): the generated ids with them
+        out.update(token_ids=[int(t) for t in tokens], logprob_ids=row["logprob_ids"],
+                   logprob_values=row["logprob_values"])
+    return out
+
+
+def _flat_logprobs(row: dict) -> dict:
+    """The engine's log-probabilities of a row's generated tokens (per token, {token id: {logprob,
+    rank, decoded_token}}: the top-k and the sampled token) as two ragged lists per token, ids
+    and log-probabilities, most likely first. Arrow has no mapping keyed by integers: left as
+    it is, Ray Data would pickle every row of the block. A row without them is returned as is."""
+    positions = row.get("logprobs")
+    if positions is None:
+        return row
+    ids, values = [], []
+    for entries in positions:
+        pairs = sorted(((int(token), float(v["logprob"] if isinstance(v, dict) else v))
+                        for token, v in (entries or {}).items() if v is not None), key=lambda p: -p[1])
+        ids.append([t for t, _ in pairs])
+        values.append([v for _, v in pairs])
+    out = {key: value for key, value in row.items() if key != "logprobs"}
+    out.update(logprob_ids=ids, logprob_values=values)
+    return out
+
+
+def teacher_logprobs(token_ids, logprob_ids, logprob_values, k: int) -> dict | None:
+    """A result's `logprobs` (distill.training.logits.TeacherTokens.from_lists reads it): the
+    generated ids, each one's log-probability, and the top-k ids and log-probabilities of every
+    position. None when a position has fewer than k entries, or lacks the sampled token's."""
+    tokens = [int(t) for t in token_ids]
+    top_ids, top_values, sampled = [], [], []
+    for token, ids, values in zip(tokens, logprob_ids, logprob_values):
+        ids, values = [int(i) for i in ids], [float(v) for v in values]
+        if len(ids) < k or token not in ids:
+            return None
+        sampled.append(values[ids.index(token)])
+        top_ids.append(ids[:k])
+        top_values.append(values[:k])
+    if len(top_ids) != len(tokens):
+        return None
+    return {"token_ids": tokens, "token_logprobs": sampled, "top_ids": top_ids, "top_logprobs": top_values}
 
 
 def replica_name() -> str:
@@ -119,13 +161,14 @@ def replica_name() -> str:
 
 def _tagging(udf_class):
     """The engine stage's UDF, with each output row tagged by `replica_name()`: Ray Data LLM's
-    rows say nothing of the actor that made them, and the lineage should."""
+    rows say nothing of the actor that made them, and the lineage should. Log-probabilities, when
+    asked for, leave the engine actor in columns Arrow can hold (`_flat_logprobs`)."""
 
     class ReplicaTagged(udf_class):
         async def udf(self, batch):
             replica = replica_name()
             async for row in super().udf(batch):
-                yield {**row, "replica": replica}
+                yield {**_flat_logprobs(row), "replica": replica}
 
     ReplicaTagged.__name__ = ReplicaTagged.__qualname__ = udf_class.__name__  # Ray Data names operators by it
     return ReplicaTagged
@@ -234,7 +277,8 @@ class VLLMRayBackend:
 
     def generate(self, requests: list[dict]) -> Iterator[list[dict]]:
         """requests: rows with work_id, messages, sampling_params. Yields result rows:
-        work_id, text, prompt_tokens, completion_tokens, finish_reason, error."""
+        work_id, text, prompt_tokens, completion_tokens, finish_reason, error; and `logprobs`
+        (`teacher_logprobs`) for a request whose sampling_params ask for them."""
         import ray
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -281,6 +325,7 @@ class VLLMRayBackend:
         blocks = max(1, len(requests) // self.batch_size)
         ds = processor(ray.data.from_items(requests, override_num_blocks=blocks))
         max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
+        top_k = {r["work_id"]: r["sampling_params"].get("logprobs") for r in requests}
         batches = iter(ds.iter_batches(batch_size=self.batch_size, batch_format="pandas"))
         while True:
             try:
@@ -291,7 +336,7 @@ class VLLMRayBackend:
                 if not self.wait_for_replicas_s:
                     raise
                 raise ReplicasDidNotStart(self._not_started(gpu)) from e
-            yield [self._result(row, max_tokens) for row in batch.to_dict("records")]
+            yield [self._result(row, max_tokens, top_k) for row in batch.to_dict("records")]
 
     def _not_started(self, gpu: bool) -> str:
         placement = self._placement(gpu) or {"bundles": [{"GPU": 1, "CPU": 1}] * (
@@ -302,7 +347,7 @@ class VLLMRayBackend:
                 "resources per replica, raise wait_for_replicas_s (an autoscaler may need longer to add "
                 "nodes), or remove it to start on the replicas that come up.")
 
-    def _result(self, row: dict, max_tokens: dict[str, int]) -> dict:
+    def _result(self, row: dict, max_tokens: dict[str, int], top_k: dict[str, int | None] | None = None) -> dict:
         # Missing values come back from pandas as None or NaN depending on the batch.
         error = next((e for e in (row.get("__inference_error__"), row.get("error")) if isinstance(e, str) and e), "")
         if error:  # error rows skip the postprocess and keep the request's columns
@@ -320,6 +365,14 @@ class VLLMRayBackend:
         seconds = row.get("seconds")
         if isinstance(seconds, (int, float)) and seconds > 0:  # absent (a test's row) or NaN from pandas: left out
             out["seconds"] = float(seconds)
+        k = (top_k or {}).get(row["work_id"])
+        if k:  # asked for the teacher's top-k log-probabilities (sampling.logprobs)
+            ids = row.get("logprob_ids")  # None or NaN (pandas) when the engine returned none
+            out["logprobs"] = None if ids is None or isinstance(ids, float) else teacher_logprobs(
+                row["token_ids"], ids, row["logprob_values"], int(k))
+            if out["logprobs"] is None:
+                logging.getLogger(__name__).warning("%s: the engine returned no usable top-%d log-probabilities",
+                                                    row["work_id"], k)
         return out
 
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from distill.problems import Problem, RecipeError, RecipeLoader, dotted, problems_from, yaml_error
-from distill.recipe.checks import check_passthrough
+from distill.recipe.checks import check_kd, check_on_policy, check_passthrough
 from distill.recipe.schema import Component, Filter, ProbeSpec, PromptSource, Recipe, Verifier
 from distill.registry import Params, Registry
 from distill.teachers import Teacher, load_teacher
@@ -161,6 +161,9 @@ def load_recipe(path: str | Path) -> Recipe:
                 recipe.student_base
             except ValueError as e:
                 problems.append(Problem("student.base", str(e)))
+        problems.extend(check_kd(recipe, teacher_entry))
+        if recipe.train.method == "on-policy" and teacher_entry is not None:
+            problems.extend(check_on_policy(recipe, teacher_entry))
 
     if problems:
         raise RecipeError(file, problems)

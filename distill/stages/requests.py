@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 
 
-def sampling_params(recipe, seed: int) -> dict:
+def sampling_params(recipe, seed: int, teacher_logprobs: bool = False) -> dict:
+    """The engine's sampling parameters. `teacher_logprobs` (the sample stage's requests): with
+    `sampling.logprobs: k` the engine also returns its top-k log-probabilities of every generated
+    token (vLLM's `logprobs`); without that setting the parameters are as they always were."""
     s = recipe.sampling
-    return {
+    params = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
         "max_tokens": s.max_tokens, "repetition_penalty": s.repetition_penalty,
         "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
         "stop": list(s.stop) or None, "seed": seed, **s.extra,
     }
+    if teacher_logprobs and s.logprobs:
+        params["logprobs"] = s.logprobs
+    return params
 
 
 def messages_for(recipe, prompt: dict) -> list[dict]:

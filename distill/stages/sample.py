@@ -88,7 +88,7 @@ def plan_work(recipe, prompts: list[dict], done: set[str], round_: int = 0) -> l
             if work_id in done:
                 continue
             seed = sample_seed(recipe.sampling.seed, p["prompt_id"], i)
-            params = sampling_params(recipe, seed)
+            params = sampling_params(recipe, seed, teacher_logprobs=True)
             # vLLM's structured outputs (an HTTP server gets it as an extra field); the schema as JSON
             # text, so every request row has the same column types. Compact JSON (no free whitespace
             # between tokens) is an engine setting: structured_outputs_config.disable_any_whitespace.
@@ -211,11 +211,22 @@ def _generate(run, backend, info, prompts, work, summary, progress, with_models:
             row["verdicts"] = v
             row["accepted"] = accepted(v, row["error"], recipe.verifiers)
         work_ids = [row.pop("work_id") for row in rows]
+        if recipe.sampling.logprobs:  # first: a samples part that exists has its log-probabilities
+            run.files.write_logprob_part(work_ids, teacher_tokens(rows, results, recipe.sampling.logprobs))
         run.files.write_sample_part(work_ids, rows)
         summary.samples_new += len(rows)
         summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
         if progress:
             progress.advance(len(rows))
+
+
+def teacher_tokens(rows: list[dict], results: list[dict], k: int) -> list[tuple]:
+    """(sample id, TeacherTokens) of the results whose backend returned the teacher's top-k
+    log-probabilities (`logprobs` in the result row); an error row has none."""
+    from distill.training.logits import TeacherTokens
+
+    return [(row["sample_id"], TeacherTokens.from_lists(r["logprobs"], k))
+            for row, r in zip(rows, results) if r.get("logprobs") is not None]
 
 
 def add_pending_model_verdicts(run, backend_for) -> int:
@@ -296,11 +307,15 @@ def reuse_samples(run) -> str | None:
     if best is None:
         return None
     own.mkdir(parents=True, exist_ok=True)
-    for part in best[1]:
+    # The teacher's log-probabilities first (sampling.logprobs), so each part has them when it appears.
+    links = [(p, run.files.logprobs_dir / p.name) for p in best[0].logprob_parts()]
+    links += [(p, own / p.name) for p in best[1]]
+    for source, target in links:
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(part, own / part.name)
+            os.link(source, target)
         except OSError:
-            shutil.copy2(part, own / part.name)
+            shutil.copy2(source, target)
     return best[0].root.name
 
 

@@ -4,11 +4,19 @@
 (distill/training/ray_train.py), every worker running the same fit. Checkpoints go to
 `train/checkpoints/`; a rerun of a killed training resumes from the last complete one. The
 driver writes `train/summary.json`, with the world size, the backend and what each rank trained on.
+
+`train.method` picks the fit (distill/training/methods.py). dpo, sft+dpo and kto train on
+preference data built here from the run's samples and dataset (distill/training/pairs.py):
+dataset/pairs.parquet, or dataset/unpaired.parquet for kto; the summary records the rule and
+what it found.
 """
 
 from __future__ import annotations
 
-from distill.training.sft import fit, last_checkpoint, weights_digest
+from distill.stages.dataset import assistant_turn
+from distill.training.methods import PAIRED, UNPAIRED, fit_for
+from distill.training.pairs import describe, write_pairs
+from distill.training.sft import last_checkpoint, weights_digest
 
 NAME = "train"
 NEEDS_STUDENT = True
@@ -33,6 +41,18 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
             f"{files.dataset_dir}: no kept samples to train on; manifest.json says what was dropped and why. "
             "Sample more prompts, raise sampling.n, or relax a verifier's threshold."
         )
+    method = recipe.train.method
+    pairs = None
+    if method in PAIRED + UNPAIRED:
+        if method == "sft+dpo" and recipe.train.workers > 1 and run.remote:
+            raise RuntimeError("sft+dpo with train.workers > 1 needs a run directory every node shares (the DPO "
+                               "phase starts from the SFT phase's model): set output_dir to a path every node "
+                               "mounts, or use train.workers: 1")
+        pairs = write_pairs(run, assistant_turn, unpaired=method in UNPAIRED)
+        if (pairs["rows"] if method in UNPAIRED else pairs["pairs"]) == 0:
+            raise RuntimeError(f"{method}: no preference pairs in this run's samples: {describe(pairs)}. A pair "
+                               "needs an accepted sample and a failed one of the same prompt: raise sampling.n or "
+                               "sampling.temperature, or use method: sft")
     base = recipe.student_base
     resume_from = last_checkpoint(files.checkpoints)
     if recipe.train.workers > 1:
@@ -40,7 +60,7 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
 
         facts = fit_on_ray(run, base, resume_from, progress, report_to or [])
     else:
-        facts = fit(run, base, resume_from, progress, report_to or [])
+        facts = fit_for(method)(run, base, resume_from, progress, report_to or [])
 
     tokens = facts["tokens_per_epoch"] * recipe.train.epochs
     summary = {
@@ -64,5 +84,12 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
         "dataset_digest": facts["dataset_digest"],
         "log": facts["log"],
     }
+    if pairs is not None:  # what the method trained on, and how it was chosen
+        summary["unpaired" if method in UNPAIRED else "pairs"] = pairs
+        summary["preference"] = ({"beta": recipe.train.preference.beta} if method in UNPAIRED
+                                 else recipe.train.preference.model_dump())
+    for key in ("sft_phase", "kd", "on_policy"):  # the method's own parameters and inputs
+        if key in facts:
+            summary[key] = facts[key]
     files.write_json(files.train_summary, summary)
     return summary

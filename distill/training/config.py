@@ -40,8 +40,9 @@ def deepspeed_config(train) -> dict[str, Any]:
     }
 
 
-def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
-    """SFTConfig arguments from the recipe's `train:` section; `trl_args` pass through last."""
+def trainer_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
+    """The arguments every method's TRL config shares, from the recipe's `train:` section: the
+    schedule, batch, length, seed, checkpoints, precision and tracking. Each method adds its own."""
     import torch
 
     t = run.recipe.train
@@ -53,7 +54,6 @@ def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str,
         "per_device_train_batch_size": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "max_length": t.max_length,
-        "packing": t.packing,
         "gradient_checkpointing": t.gradient_checkpointing,
         "seed": t.seed,
         "data_seed": t.seed,
@@ -66,16 +66,43 @@ def sft_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str,
         "report_to": report_to,
         "use_cpu": not cuda,
         # Mixed precision where the hardware has bf16 arithmetic (AVX512-BF16, AMX on a CPU);
-        # weights stay fp32. Passed always: SFTConfig turns bf16 on when it is not given.
+        # weights stay fp32. Passed always: TRL's configs turn bf16 on when it is not given.
         "bf16": torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16(),
         "disable_tqdm": True,  # distill draws its own bar
         "dataloader_num_workers": 0,
-        "completion_only_loss": True,
     }
     if t.deepspeed_stage:
         ds_path = run.files.deepspeed_config
         storage.write_json(ds_path, deepspeed_config(t))
         kwargs["deepspeed"] = str(ds_path)
+    return kwargs
+
+
+def sft_config_kwargs(run, checkpoints: Path, report_to: list[str], trl_args: dict | None = None) -> dict[str, Any]:
+    """SFTConfig arguments from the recipe's `train:` section; `trl_args` (the recipe's, unless
+    given) pass through last."""
+    kwargs = trainer_kwargs(run, checkpoints, report_to)
+    kwargs.update({"packing": run.recipe.train.packing, "completion_only_loss": True})
+    kwargs.update(run.recipe.train.trl_args if trl_args is None else trl_args)
+    return kwargs
+
+
+def dpo_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
+    """DPOConfig arguments: the shared ones (no packing: a row is one prompt with its two
+    answers), beta and the loss from `train.preference`; `trl_args` pass through last."""
+    t = run.recipe.train
+    kwargs = trainer_kwargs(run, checkpoints, report_to)
+    kwargs.update({"beta": t.preference.beta, "loss_type": t.preference.loss_type})
+    kwargs.update(t.trl_args)
+    return kwargs
+
+
+def kto_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
+    """KTOConfig arguments: the shared ones and beta from `train.preference` (KTO has its own
+    loss); `trl_args` pass through last."""
+    t = run.recipe.train
+    kwargs = trainer_kwargs(run, checkpoints, report_to)
+    kwargs["beta"] = t.preference.beta
     kwargs.update(t.trl_args)
     return kwargs
 

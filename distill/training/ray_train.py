@@ -1,5 +1,5 @@
-"""Training under Ray Train: `train.workers` data-parallel workers, each running
-`distill.training.sft.fit`, the same code that trains in-process.
+"""Training under Ray Train: `train.workers` data-parallel workers, each running the method's
+fit (`distill.training.methods.fit_for`), the same code that trains in-process.
 
 Ray Train's TorchTrainer places the workers (one GPU each when the cluster has GPUs, else an
 equal share of the free CPUs), sets up the torch process group (NCCL on GPUs, gloo on CPUs) and
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from distill import storage
 from distill.run import RunDir
-from distill.training import sft
+from distill.training.methods import fit_for
 
 SHARED_STORAGE = ("with train.workers > 1 every node must reach the run directory: set output_dir to a bucket URI "
                   "(s3://BUCKET/runs, gs://BUCKET/runs; no shared mount needed), or to a path every node mounts at "
@@ -133,7 +133,8 @@ def _train_worker(config: dict) -> dict:
     elif not run.files.resolved_recipe.is_file():
         raise RuntimeError(f"{run.dir} does not exist on {socket.gethostname()}: {SHARED_STORAGE}")
     rank0 = ray.train.get_context().get_world_rank() == 0
-    facts = sft.fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
+    fit = fit_for(run.recipe.train.method)
+    facts = fit(run, config["base"], resume_from, _RemoteBar(relay) if rank0 else None, [],
                 on_log=(lambda entry: relay.log.remote(entry)) if rank0 else None,
                 callbacks=[_push_on_save(mirror)] if mirror else [])
     if mirror:

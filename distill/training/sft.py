@@ -5,6 +5,10 @@ The dataset is in TRL's prompt-completion chat format, so the loss covers the co
 and the student's own chat template renders the turns. HF's Trainer finds a process group when
 Ray Train set one up, wraps the model in DDP (or DeepSpeed ZeRO-2/3) and deals each rank its own
 rows. Rank 0 writes `student/` in one rename, so a `student/` that exists is complete.
+
+The other methods' fits (distill/training/preference.py and its neighbours) build their own
+TRL trainer and share the rest from here: loading the student with its chat template, training
+with resume, the per-rank tally, saving the student, and the facts the summary records.
 """
 
 from __future__ import annotations
@@ -48,15 +52,17 @@ class _ShardTally:
     digest (the sum of the rows' hashes mod 2**64). The ranks' digests add up to the dataset's
     own when they split it without overlap: the record that every worker trained on its share."""
 
-    def __init__(self):
+    def __init__(self, ids=lambda e: e["input_ids"]):
+        self.ids = ids
         self.rows = self.tokens = self.digest = 0
 
     def wrap(self, collate):
         def counted(examples):
             for e in examples:
+                ids = self.ids(e)
                 self.rows += 1
-                self.tokens += len(e["input_ids"])
-                self.digest = (self.digest + row_hash(e["input_ids"])) % 2**64
+                self.tokens += len(ids)
+                self.digest = (self.digest + row_hash(ids)) % 2**64
             return collate(examples)
 
         return counted
@@ -85,40 +91,88 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
     Train worker group (the Trainer joins the process group it finds). Every rank calls this;
     rank 0 writes student/. `callbacks` are more TrainerCallbacks (a Ray worker's copy of a
     remote run pushes each checkpoint with one). Returns what the summary needs (meaningful on rank 0)."""
-    if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, imported by transformers, warns that it guessed
+    return fit_sft(run, base, base.path, resume_from, run.files.checkpoints, run.files.student_dir,
+                   progress, report_to, on_log, callbacks)
+
+
+def fit_sft(run, base: StudentBase, start: str, resume_from: Path | None, checkpoints: Path, target: Path,
+            progress=None, report_to: list[str] = (), on_log=None, callbacks: list = (),
+            trl_args: dict | None = None) -> dict:
+    """SFT from the weights at `start`, checkpoints in `checkpoints`, the model written to `target`
+    (student/, or a first phase's own directory); `trl_args` over the recipe's when given."""
+    quiet_libraries()
     import gc
 
     import datasets
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
-
-    # distill draws one bar for the stage; the libraries' own bars and log prints would interleave with it.
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
 
     recipe = run.recipe
     table = run.files.read_dataset()
-    with_tools = "tools" in table.column_names and table["tools"].null_count < table.num_rows
+    with_tools = has_tools(table)
     # TRL passes a row's `tools` (JSON text) to the chat template; rows without tools get none.
     data = datasets.Dataset(table.select(["prompt", "completion"] + (["tools"] if with_tools else [])))
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16 if cuda else torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    use_template(tokenizer, recipe, with_tools)
+    model, tokenizer = load_student(start, recipe, with_tools)
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**sft_config_kwargs(run, run.files.checkpoints, list(report_to))),
+        args=SFTConfig(**sft_config_kwargs(run, checkpoints, list(report_to), trl_args)),
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora_config(recipe.train) if recipe.train.weights == "lora" else None,
         callbacks=[_Progress(progress, on_log), *callbacks],
     )
+    del model
+    facts = train_and_save(trainer, tokenizer, run, base, resume_from, target, SFT_ROWS)
+    del trainer  # the next phase, or the evaluate stage's engines, want this memory back
+    gc.collect()
+    return facts
+
+
+class RowTokens:
+    """How a method's tokenised rows are read: `columns` hold a row's tokens, `ids(row)` is its
+    token ids in one list (what the shard tally and the dataset digest hash), and
+    `per_epoch(dataset)` the real (non-padding) tokens an epoch feeds the model."""
+
+    def __init__(self, columns: tuple[str, ...], ids, per_epoch):
+        self.columns, self.ids, self.per_epoch = columns, ids, per_epoch
+
+
+def quiet_libraries() -> None:
+    """distill draws one bar for the stage; the libraries' own bars and log prints would interleave with it."""
+    if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, imported by transformers, warns that it guessed
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def has_tools(table) -> bool:
+    """Whether any row of a training table offers tools (a `tools` column that is not all null)."""
+    return "tools" in table.column_names and table["tools"].null_count < table.num_rows
+
+
+def load_student(path: str, recipe, with_tools: bool):
+    """The model at `path` (bf16 on a GPU, else fp32) and its tokenizer with the student's chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    use_template(tokenizer, recipe, with_tools)
+    return model, tokenizer
+
+
+def train_and_save(trainer, tokenizer, run, base: StudentBase, resume_from: Path | None, target: Path,
+                   rows: RowTokens) -> dict:
+    """Trains a built TRL trainer (resuming from `resume_from`), writes the model to `target` on
+    rank 0, and returns the facts the train summary needs (meaningful on rank 0)."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+
     trainer.remove_callback(PrinterCallback)  # prints every log dict to stdout when tqdm is off
-    tally = _ShardTally()
+    tally = _ShardTally(rows.ids)
     counted = not trainer.args.dataloader_num_workers  # loader processes (trl_args) would keep the counts
     if counted:
         trainer.data_collator = tally.wrap(trainer.data_collator)
@@ -135,7 +189,8 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
         backend = torch.distributed.get_backend()
         shards = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(shards, shard)
-    _save_student(trainer, tokenizer, run, base)
+    _save_student(trainer, tokenizer, run, base, target)
+    dataset = trainer.train_dataset.select_columns(list(rows.columns))
     facts = {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -143,12 +198,10 @@ def fit(run, base: StudentBase, resume_from: Path | None, progress=None, report_
         "world_size": trainer.args.world_size,
         "backend": backend,
         "shards": shards,
-        "tokens_per_epoch": _trained_tokens(trainer.train_dataset),
-        "dataset_digest": f"{sum(map(row_hash, trainer.train_dataset['input_ids'])) % 2**64:016x}",
+        "tokens_per_epoch": rows.per_epoch(trainer.train_dataset),
+        "dataset_digest": f"{sum(row_hash(rows.ids(r)) for r in dataset) % 2**64:016x}",
         "log": [e for e in trainer.state.log_history if "loss" in e],
     }
-    del trainer, model  # the evaluate stage's engines want this memory back
-    gc.collect()
     return facts
 
 
@@ -175,15 +228,15 @@ def _ray_node() -> dict:
     return {"node": ray.get_runtime_context().get_node_id()[:8]}
 
 
-def _save_student(trainer, tokenizer, run, base: StudentBase) -> None:
-    """Every rank takes part (ZeRO-3 gathers the weight shards here); rank 0 writes student/ in one rename.
-    Elsewhere each rank holds the whole model, and rank 0 saves its own copy."""
+def _save_student(trainer, tokenizer, run, base: StudentBase, target: Path | None = None) -> None:
+    """Every rank takes part (ZeRO-3 gathers the weight shards here); rank 0 writes student/ (or
+    `target`) in one rename. Elsewhere each rank holds the whole model, and rank 0 saves its own copy."""
     if run.recipe.train.weights == "lora":  # a student is one model directory: fold the adapter in
         trainer.model = trainer.model.merge_and_unload()
     zero3 = trainer.is_deepspeed_enabled and run.recipe.train.deepspeed_stage == 3
     state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if zero3 else None
     if trainer.is_world_process_zero():
-        student_dir = run.files.student_dir
+        student_dir = target or run.files.student_dir
         tmp = run.files.student_staging()
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.model.save_pretrained(tmp, state_dict=state_dict)
@@ -194,6 +247,9 @@ def _save_student(trainer, tokenizer, run, base: StudentBase) -> None:
             shutil.rmtree(student_dir)
         os.replace(tmp, student_dir)
     trainer.accelerator.wait_for_everyone()  # student/ exists for every rank once this returns
+
+
+SFT_ROWS = RowTokens(("input_ids",), lambda e: e["input_ids"], lambda d: _trained_tokens(d))
 
 
 def _trained_tokens(dataset) -> int:

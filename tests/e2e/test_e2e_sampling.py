@@ -43,7 +43,7 @@ def killed_and_resumed(tiny_model, tmp_path_factory):
                               {"source": "jsonl", "path": "long.jsonl", "answer_field": "answer", "licence": "cc0-1.0"}],
                     "eval": [{"source": "arithmetic", "count": 10, "seed": 4}]},
         "sampling": {"n": N, "temperature": 1.0, "top_k": 50, "max_tokens": 48, "batch_size": 8, "seed": 5,
-                     "stop": ["\n\n\n"], "extra": {"logprobs": None}},
+                     "stop": ["\n\n\n"], "extra": {"ignore_eos": False}},
         "verifiers": [{"name": "final-number"}],
     }))
     samples = None

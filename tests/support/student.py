@@ -92,3 +92,18 @@ def run_student_pipeline(tiny_model: Path, tmp: Path) -> dict:
         os.environ.pop("WANDB_API_KEY", None)
         os.chdir(old)
     return {"run": run, "summaries": summaries, "served": served, "teacher": teacher}
+
+
+class CrashAt:
+    """A progress bar that raises at a given step: a training killed mid-way."""
+
+    def __init__(self, step):
+        self.step, self.seen = step, 0
+
+    def start(self, total, completed=0):
+        self.seen = completed
+
+    def advance(self, n):
+        self.seen += n
+        if self.seen == self.step:
+            raise KeyboardInterrupt("killed")

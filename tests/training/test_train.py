@@ -11,22 +11,7 @@ from distill.pipeline import open_run, run_pipeline
 from distill.recipe import RecipeError, Train, load_recipe
 from distill.stages.train import train_student
 from distill.training.config import deepspeed_config
-from support.student import ArithmeticBackend, sampled_run, student_recipe
-
-
-class CrashAt:
-    """A progress bar that raises at a given step: a training killed mid-way."""
-
-    def __init__(self, step):
-        self.step, self.seen = step, 0
-
-    def start(self, total, completed=0):
-        self.seen = completed
-
-    def advance(self, n):
-        self.seen += n
-        if self.seen == self.step:
-            raise KeyboardInterrupt("killed")
+from support.student import ArithmeticBackend, CrashAt, sampled_run, student_recipe
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model, monkeypatch):
