@@ -305,7 +305,7 @@ and the base model was fine-tuned on them with {METHOD_TEXT.get(t.get("method", 
 2. Verification: {v}; a sample is kept when every required verifier accepts it; exact duplicates removed
    (dropped: {', '.join(f'{k} {n}' for k, n in m['dropped'].items()) or 'none'}).
 3. Training: {t.get('method', 'sft')}, {t.get('weights', t['method'])} weights, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
-   {recipe['train']['learning_rate']}, loss on the completion only; final training loss {t['train_loss']:.4f}.
+   {recipe['train']['learning_rate']}, loss on the completion only; final training loss {t['train_loss']:.4f}.{method_params(t)}
 
 {tool_use_lines(m.get("tool_use"), "Tools and formats it was trained for")}
 ## Evaluation against the teacher
@@ -339,6 +339,18 @@ METHOD_TEXT = {
     "kd": "logit distillation from the teacher's stored top-k log-probabilities, mixed with cross-entropy",
     "on-policy": "on-policy distillation: the student generated, the teacher scored its tokens (TRL `GKDTrainer`)",
 }
+
+
+def method_params(t: dict) -> str:
+    """The training method's own parameters and inputs, from the train summary ('' for sft)."""
+    parts = []
+    if pairs := t.get("pairs") or t.get("unpaired"):
+        parts.append("preference data: " + ", ".join(f"{k} {v}" for k, v in pairs.items() if not isinstance(v, (dict, list))))
+    for key in ("preference", "kd", "on_policy"):
+        if isinstance(t.get(key), dict):
+            parts.append(f"{key.replace('_', '-')}: " + ", ".join(f"{k} {v}" for k, v in t[key].items()
+                                                                  if not isinstance(v, (dict, list))))
+    return "".join(f"\n   {p}." for p in parts)
 
 
 def cost_text(metrics: dict) -> str:
