@@ -94,7 +94,9 @@ def lineage(run_dir: Path, info: dict | None = None) -> dict:
                     "prompt_licences": m["prompt_licences"]},
         "licence": licence_of(info),
         "training": {"method": t["method"], "epochs": t["epochs"], "steps": t["steps"], "train_loss": t["train_loss"],
-                     "config": recipe["train"]},
+                     "config": recipe["train"],
+                     # Beyond the dataset: the preference pairs' samples, the teacher log-probabilities read.
+                     **{k: t[k] for k in ("pairs", "unpaired", "kd", "on_policy", "sft_phase") if k in t}},
         "recipe_hash": r["recipe_hash"],
         "run_id": r["run_id"],
         "code_version": r["code_version"],

@@ -166,7 +166,18 @@ def write_pairs(run, turn: Turn, unpaired: bool = False) -> dict:
                            else (preference_rows, files.pairs, PAIRS_SCHEMA))
     rows, counts = build(samples, kept, p.rule, p.max_per_prompt, p.seed, turn)
     storage.write_parquet(path, pa.Table.from_pylist(rows, schema=schema))
-    return {"rule": p.rule, "max_per_prompt": p.max_per_prompt, "seed": p.seed, **counts}
+    return {"rule": p.rule, "max_per_prompt": p.max_per_prompt, "seed": p.seed, **counts,
+            "samples_sha256": samples_digest(rows)}
+
+
+def samples_digest(rows: list[dict]) -> str:
+    """A digest of which samples the rows hold, on which side: the lineage of a preference-trained
+    student (the same samples paired alike give the same digest, whatever the row order)."""
+    import hashlib
+
+    keys = sorted("|".join(str(r.get(k)) for k in ("chosen_sample_id", "rejected_sample_id", "sample_id", "label")
+                           if k in r) for r in rows)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
 def read_pairs(path) -> pa.Table:

@@ -176,6 +176,7 @@ def test_dpo_trains_on_pairs_of_the_runs_samples(tmp_path, tiny_model, monkeypat
     run = preference_run(tmp_path, tiny_model, monkeypatch, method="dpo", batch_size=2)
     summary = train_student(run)
     assert summary["method"] == "dpo" and summary["weights"] == "full"
+    digest = summary["pairs"].pop("samples_sha256")
     assert summary["pairs"] == {"rule": "hardest", "max_per_prompt": 4, "seed": 0, "prompts_with_pairs": 8,
                                 "pairs": 8, "prompts_without_failed": 0, "prompts_without_kept": 0}
     assert summary["preference"] == {"beta": 0.1, "loss_type": "sigmoid"}
@@ -192,6 +193,9 @@ def test_dpo_trains_on_pairs_of_the_runs_samples(tmp_path, tiny_model, monkeypat
         assert p["chosen_sample_id"] in kept and chosen["accepted"] and not rejected["accepted"]
         assert chosen["prompt_id"] == rejected["prompt_id"] == p["prompt_id"]
         assert p["rejected"][0]["content"] == rejected["completion"]
+    from distill.training.pairs import samples_digest
+
+    assert digest == samples_digest(list(reversed(pairs)))  # which samples, on which side: the lineage's record
 
 
 def test_kto_trains_on_the_samples_labelled_good_and_bad(tmp_path, tiny_model, monkeypatch):
