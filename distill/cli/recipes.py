@@ -166,8 +166,9 @@ def _print_summary(summaries: dict) -> None:
         console.print(f"dataset: {d['rows']} rows kept of {d['samples']} samples "
                       f"({d['prompts_with_a_kept_sample']} prompts); dropped: {dropped}")
     if t := summaries.get("train"):
-        console.print(f"train: {t['method']}, {t['steps']} steps, loss {t['train_loss']:.4f}, "
-                      f"{t['tokens_per_second']:.0f} tokens/s" + (" (resumed from a checkpoint)" if t["resumed"] else ""))
+        console.print(f"train: {t['method']}, {t.get('weights', 'full')} weights, {t['steps']} steps, "
+                      f"loss {t['train_loss']:.4f}, {t['tokens_per_second']:.0f} tokens/s"
+                      + (" (resumed from a checkpoint)" if t["resumed"] else ""))
     if e := summaries.get("evaluate"):
         _print_eval(e)
     for key in ("card", "report"):

@@ -48,7 +48,7 @@ def test_one_command_runs_every_stage(finished):
                  "student/README.md", "eval/teacher.parquet", "eval/student.parquet", "eval.json", "lineage.json",
                  "report.html", "wandb"):
         assert (run_dir / path).exists(), path
-    for words in ("student vs teacher on 5 held-out prompts", "train: full", "card:", "report:"):
+    for words in ("student vs teacher on 5 held-out prompts", "train: sft, full weights", "card:", "report:"):
         assert words in proc.stdout, words
 
 
