@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 import distill.teachers as teachers
 from distill.filters import FILTERS
+from distill.probes import PROBES
 from distill.prompts import PROMPT_SOURCES
 from distill.recipe import RecipeError, load_recipe
 from distill.teachers import catalog, load_teacher
@@ -241,7 +242,7 @@ from distill.backends import BACKENDS  # noqa: E402
 
 def first_column_by_table(output: str) -> dict[str, set[str]]:
     """The names in the first column of each titled rich table in `distill ls`."""
-    titles = {"verifiers", "filters", "prompt sources", "backends", "teachers"}
+    titles = {"verifiers", "filters", "prompt sources", "probes", "backends", "teachers"}
     tables: dict[str, set[str]] = {}
     current = None
     for line in output.splitlines():
@@ -263,6 +264,7 @@ def test_ls_lists_exactly_the_registries():
     assert tables["verifiers"] == set(VERIFIERS.names())
     assert tables["filters"] == (set(FILTERS.names()) or {"-"})
     assert tables["prompt sources"] == set(PROMPT_SOURCES.names())
+    assert tables["probes"] == set(PROBES.names()) >= {"ifbench", "harmbench", "over-refusal", "bias", "humaneval"}
     assert tables["backends"] == set(BACKENDS.names()) >= {"vllm-ray", "openai-http"}
     assert tables["teachers"] == set(catalog())
     assert set(VERIFIERS.names()) >= {"final-number", "math"}
