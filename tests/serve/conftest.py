@@ -41,3 +41,18 @@ def make_classifier(path) -> str:
 @pytest.fixture
 def classifier_file(tmp_path) -> str:
     return make_classifier(tmp_path / "classifier.json")
+
+
+class FakeStudent:
+    """A student that answers `text` (or raises it, an exception)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    async def answer(self, request):
+        from distill.serve.router import Answer
+        from distill.serve.student import assistant_message
+
+        if isinstance(self.text, Exception):
+            raise self.text
+        return Answer(self.text, assistant_message(self.text, bool(request.get("tools"))), "stop", 10, 5)

@@ -8,12 +8,11 @@ from collections import Counter
 
 import pytest
 
-from conftest import support_request, weather_request
+from conftest import FakeStudent as Student, support_request, weather_request
 from distill.serve import metrics
 from distill.serve.config import ServeConfig
 from distill.serve.metrics import CALLS, FALLBACKS, LATENCY, VERIFIER_FAILURES, reason_kind
-from distill.serve.router import Answer, Router, UpstreamError
-from distill.serve.student import assistant_message
+from distill.serve.router import Router, UpstreamError
 from distill.usage.classifier import RequestClassifier
 
 GOOD_CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
@@ -32,16 +31,6 @@ class FakeRecorder:
     def of(self, name) -> dict:
         return {dict(tags).get("reason") or dict(tags).get("route") or dict(tags)["cluster"]: n
                 for (metric, tags), n in self.counts.items() if metric == name}
-
-
-class Student:
-    def __init__(self, text):
-        self.text = text
-
-    async def answer(self, request):
-        if isinstance(self.text, Exception):
-            raise self.text
-        return Answer(self.text, assistant_message(self.text, bool(request.get("tools"))), "stop", 10, 5)
 
 
 class Upstream:

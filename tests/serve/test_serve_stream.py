@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from openai.types.chat import ChatCompletionChunk
 from starlette.testclient import TestClient
 
-from conftest import TOOLS, weather_request
+from conftest import FakeStudent as Student, TOOLS, weather_request
 from distill.serve.app import ROUTE_HEADER, respond, take_stream
 from distill.serve.config import ServeConfig
 from distill.serve.router import Answer, Router, Served, UpstreamError
@@ -101,16 +101,6 @@ def test_take_stream_leaves_the_request_the_router_answers():
     assert take_stream(body) == (True, True) and body == {"messages": [], "tools": TOOLS}
     assert take_stream({"stream": True}) == (True, False)
     assert take_stream({"stream_options": {"include_usage": True}}) == (False, False)
-
-
-class Student:
-    def __init__(self, text):
-        self.text = text
-
-    async def answer(self, request):
-        if isinstance(self.text, Exception):
-            raise self.text
-        return Answer(self.text, assistant_message(self.text, bool(request.get("tools"))), "stop", 10, 5)
 
 
 class Upstream:
