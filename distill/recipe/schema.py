@@ -191,6 +191,9 @@ class Preference(Section):
 
     beta: float = Field(0.1, gt=0, description="how far the student may move from the reference model")
     loss_type: str = Field("sigmoid", description="DPO's loss (TRL's loss_type: sigmoid, ipo, ...); KTO ignores it")
+    sft_steps: int | None = Field(None, ge=1, description="sft+dpo: optimizer steps of its SFT phase (the DPO phase "
+                                                          "keeps trl_args.max_steps); none: as train.epochs and "
+                                                          "trl_args say")
 
 
 class Kd(Section):

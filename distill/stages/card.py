@@ -351,7 +351,7 @@ def method_params(t: dict) -> str:
     for key in ("preference", "kd", "on_policy"):
         if isinstance(t.get(key), dict):
             parts.append(f"{key.replace('_', '-')}: " + ", ".join(f"{k} {v}" for k, v in t[key].items()
-                                                                  if not isinstance(v, (dict, list))))
+                                                                  if v is not None and not isinstance(v, (dict, list))))
     return "".join(f"\n   {p}." for p in parts)
 
 

@@ -62,7 +62,14 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     else:
         facts = fit_for(method)(run, base, resume_from, progress, report_to or [])
 
-    tokens = facts["tokens_per_epoch"] * recipe.train.epochs
+    # Real tokens the loader fed the model in this process's training (every rank's): the speed's
+    # numerator, and the whole count unless a resume skipped earlier steps (then the epochs' count;
+    # trl_args.max_steps can end training before an epoch is through).
+    # (Loader processes, trl_args.dataloader_num_workers, leave no count: then the epochs' count.)
+    epochs_count = facts["tokens_per_epoch"] * recipe.train.epochs
+    counted = all("tokens" in s for s in facts["shards"])
+    fed = sum(s["tokens"] for s in facts["shards"]) if counted else epochs_count
+    tokens = fed if resume_from is None else epochs_count
     summary = {
         "method": recipe.train.method,
         "weights": recipe.train.weights,
@@ -77,7 +84,7 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
         "train_loss": facts["train_loss"],
         "trained_tokens": tokens,
         "seconds": facts["seconds"],
-        "tokens_per_second": tokens / facts["seconds"] if facts["seconds"] else 0.0,
+        "tokens_per_second": fed / facts["seconds"] if facts["seconds"] else 0.0,
         "weights_sha256": weights_digest(files.student_dir),
         # Per rank, what this run (after any resume) fed it; see training.sft._ShardTally.
         "data_shards": facts["shards"],
@@ -87,7 +94,8 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     if pairs is not None:  # what the method trained on, and how it was chosen
         summary["unpaired" if method in UNPAIRED else "pairs"] = pairs
         summary["preference"] = ({"beta": recipe.train.preference.beta} if method in UNPAIRED
-                                 else recipe.train.preference.model_dump())
+                                 else recipe.train.preference.model_dump(
+                                     exclude=set() if method == "sft+dpo" else {"sft_steps"}))
     for key in ("sft_phase", "kd", "on_policy"):  # the method's own parameters and inputs
         if key in facts:
             summary[key] = facts[key]

@@ -65,7 +65,8 @@ def fit_sft_then_dpo(run, base: StudentBase, resume_from: Path | None, progress=
 def sft_phase(run, base: StudentBase, progress=None, report_to: list[str] = (), on_log=None,
               callbacks: list = ()) -> dict:
     """The SFT phase of sft+dpo: what it did (train/sft/summary.json), trained now or before.
-    Of `train.trl_args` (DPOConfig's) it takes those SFTConfig also has."""
+    Of `train.trl_args` (DPOConfig's) it takes those SFTConfig also has; `preference.sft_steps`
+    sets its steps."""
     import dataclasses
 
     from trl import SFTConfig
@@ -76,6 +77,8 @@ def sft_phase(run, base: StudentBase, progress=None, report_to: list[str] = (), 
     resume = last_checkpoint(files.sft_phase_checkpoints)
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     trl_args = {k: v for k, v in run.recipe.train.trl_args.items() if k in fields}
+    if run.recipe.train.preference.sft_steps:
+        trl_args["max_steps"] = run.recipe.train.preference.sft_steps
     facts = fit_sft(run, base, base.path, resume, files.sft_phase_checkpoints, files.sft_phase_model, progress,
                     report_to, (lambda e: on_log({**e, "phase": "sft"})) if on_log else None, callbacks, trl_args)
     gc.collect()

@@ -50,22 +50,31 @@ class _Progress:
 class _ShardTally:
     """What one rank's data loader handed to the model: rows, real tokens, and an order-free
     digest (the sum of the rows' hashes mod 2**64). The ranks' digests add up to the dataset's
-    own when they split it without overlap: the record that every worker trained on its share."""
+    own when they split it without overlap: the record that every worker trained on its share.
+    Counted per batch, so that a batch the loader fetched ahead but no step used (training that
+    ends before the epoch does, at trl_args.max_steps) can be left out."""
 
     def __init__(self, ids=lambda e: e["input_ids"]):
         self.ids = ids
-        self.rows = self.tokens = self.digest = 0
+        self.batches: list[tuple[int, int, int]] = []  # rows, tokens, digest
 
     def wrap(self, collate):
         def counted(examples):
+            tokens = digest = 0
             for e in examples:
                 ids = self.ids(e)
-                self.rows += 1
-                self.tokens += len(ids)
-                self.digest = (self.digest + row_hash(ids)) % 2**64
+                tokens += len(ids)
+                digest = (digest + row_hash(ids)) % 2**64
+            self.batches.append((len(examples), tokens, digest))
             return collate(examples)
 
         return counted
+
+    def totals(self, used: int) -> dict:
+        """Rows, tokens and digest of the first `used` batches."""
+        kept = self.batches[:used]
+        return {"rows": sum(b[0] for b in kept), "tokens": sum(b[1] for b in kept),
+                "digest": f"{sum(b[2] for b in kept) % 2**64:016x}"}
 
 
 def row_hash(input_ids) -> int:
@@ -183,7 +192,9 @@ def train_and_save(trainer, tokenizer, run, base: StudentBase, resume_from: Path
 
     shard = {"rank": trainer.args.process_index, **_ray_node()}
     if counted:
-        shard.update(rows=tally.rows, tokens=tally.tokens, digest=f"{tally.digest:016x}")
+        start = int(resume_from.name.split("-")[-1]) if resume_from else 0
+        used = (trainer.state.global_step - start) * trainer.args.gradient_accumulation_steps
+        shard.update(tally.totals(used))
     shards, backend = [shard], None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         backend = torch.distributed.get_backend()

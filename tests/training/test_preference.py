@@ -252,6 +252,15 @@ def test_sft_then_dpo_runs_both_phases_and_a_rerun_skips_a_finished_sft_phase(tm
     assert (run.dir / "student" / "config.json").is_file()
 
 
+def test_sft_then_dpo_splits_a_step_budget_between_its_phases(tmp_path, tiny_model, monkeypatch):
+    run = preference_run(tmp_path, tiny_model, monkeypatch, method="sft+dpo", batch_size=2, packing=False,
+                         preference={"sft_steps": 3}, trl_args={"max_steps": 1})
+    bar = Bar()
+    summary = train_student(run, bar)
+    assert bar.starts == [(3, 0), (1, 0)]  # 3 SFT steps of the 4 an epoch has, then 1 DPO step of 4
+    assert summary["sft_phase"]["steps"] == 3 and summary["steps"] == 1
+
+
 # -- recipe checks and the dispatcher ---------------------------------------------------------
 
 

@@ -108,6 +108,16 @@ def test_trl_args_pass_through_and_are_checked(tmp_path, tiny_model, monkeypatch
     assert "train.trl_args.gradient_checkpointing: set it as train.gradient_checkpointing" in text
 
 
+def test_a_step_budget_counts_the_tokens_its_steps_fed(tmp_path, tiny_model, monkeypatch):
+    run = sampled_run(tmp_path, tiny_model, monkeypatch, batch_size=2, packing=False, trl_args={"max_steps": 3})
+    summary = train_student(run)
+    assert summary["steps"] == 3  # of the 12 an epoch of 24 rows has
+    fed = summary["data_shards"][0]
+    assert fed["rows"] == 6 and summary["trained_tokens"] == fed["tokens"]
+    # Six rows' tokens, not the epoch's 24 rows' (what the summary said before it counted).
+    assert summary["tokens_per_second"] == pytest.approx(fed["tokens"] / summary["seconds"])
+
+
 def test_a_student_base_that_does_not_exist_is_a_recipe_error(tmp_path, tiny_model):
     path = student_recipe(tmp_path, tiny_model)
     data = yaml.safe_load(path.read_text())
