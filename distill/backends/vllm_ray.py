@@ -112,6 +112,18 @@ def _postprocess(row: dict) -> dict:
     return out
 
 
+def uniform_logprobs(requests: list[dict]) -> list[dict]:
+    """When some requests ask for log-probabilities (sampling.logprobs: k) and others do not (the
+    teacher's evaluation riding along), those others ask for 0: the sampled token's alone. A
+    batch's `logprobs` column is then integers throughout; with gaps, pandas makes it floats
+    (8 -> 8.0), which the engine's request decoder refuses, killing its input thread (the run
+    then waits for ever). Which results keep log-probabilities is decided by the original k."""
+    if all(r["sampling_params"].get("logprobs") is None for r in requests):
+        return requests
+    return [r if r["sampling_params"].get("logprobs") is not None
+            else {**r, "sampling_params": {**r["sampling_params"], "logprobs": 0}} for r in requests]
+
+
 def _flat_logprobs(row: dict) -> dict:
     """The engine's log-probabilities of a row's generated tokens (per token, {token id: {logprob,
     rank, decoded_token}}: the top-k and the sampled token) as two ragged lists per token, ids
@@ -322,6 +334,7 @@ class VLLMRayBackend:
         tag_replicas(processor)
         if self.quiet:  # Ray Data sets its own log level when first used: quieten it here
             logging.getLogger("ray.data").setLevel(logging.WARNING)
+        requests = uniform_logprobs(requests)
         blocks = max(1, len(requests) // self.batch_size)
         ds = processor(ray.data.from_items(requests, override_num_blocks=blocks))
         max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}

@@ -253,3 +253,41 @@ def test_a_real_engine_keeps_the_top8_of_every_generated_token(tiny_model, tmp_p
             else:
                 assert t.token_logprobs[i] <= t.top_logprobs[i, -1] + 2 * PRECISION
     assert math.isfinite(float(t.top_logprobs.sum()))
+
+
+@pytest.mark.slow
+def test_requests_with_and_without_logprobs_share_a_batch_of_a_real_engine(tiny_model, tmp_path, monkeypatch):
+    """The teacher's evaluation rides along with sampling.logprobs samples: one batch then holds
+    requests with k and without. As a column with gaps, pandas made k a float (8.0), the engine's
+    request decoder refused it, its input thread died and the run waited for ever."""
+    import threading
+
+    import ray
+
+    from distill.backends import vllm_ray
+    from distill.teachers import load_teacher
+    from support.models import write_tiny_teacher
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    teacher = load_teacher(str(write_tiny_teacher(tmp_path / "tiny.yaml", tiny_model)))
+    backend = vllm_ray.VLLMRayBackend(teacher, {"gpu_memory_utilization": 0.1}, seed=0, batch_size=4)
+    requests = [{"work_id": f"w{i}", "messages": [{"role": "user", "content": f"{i} + 1?"}],
+                 "sampling_params": {"max_tokens": 6, "temperature": 1.0, "seed": i,
+                                     **({"logprobs": 8} if i % 2 else {})}} for i in range(4)]
+    assert [r["sampling_params"].get("logprobs") for r in vllm_ray.uniform_logprobs(requests)] == [0, 8, 0, 8]
+    results: list = []
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        worker = threading.Thread(target=lambda: results.extend(r for b in backend.generate(requests) for r in b),
+                                  daemon=True)
+        worker.start()
+        worker.join(timeout=600)
+        assert not worker.is_alive(), "the engine stopped answering"
+    finally:
+        ray.shutdown()
+    by_id = {r["work_id"]: r for r in results}
+    assert sorted(by_id) == ["w0", "w1", "w2", "w3"] and not [r for r in results if r["error"]]
+    assert all(by_id[w].get("logprobs") is None for w in ("w0", "w2"))  # asked for none: none kept
+    for w in ("w1", "w3"):
+        assert by_id[w]["logprobs"] is not None
