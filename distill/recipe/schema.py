@@ -505,7 +505,7 @@ class Recipe(Section):
 ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
-               ("prompts", "eval", "*", "category_field")}
+               ("prompts", "eval", "*", "category_field"), ("train", "preference", "sft_steps")}
 
 
 def _without_unset(data: Any, paths: set[tuple], at: tuple = ()) -> Any:
