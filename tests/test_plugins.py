@@ -142,7 +142,7 @@ def test_the_docs_plugins_sample_verify_and_filter_a_recipe(tmp_path, monkeypatc
     assert set(rows) == {q for q, _ in QUESTIONS}
     assert all(r["backend"] == "echo" and r["prompt_source"] == f"{recipe.prompts.train[0].source}:data/questions.csv"
                for r in rows.values())
-    assert [v["score"] for v in rows['{"a": 1}']["verdicts"]] == [1.0]
+    assert [v["score"] for v in rows['{"a": 1}']["verdicts"]] == [1.0], rows['{"a": 1}']["verdicts"]
     assert rows["What is 2 + 2?"]["verdicts"][0]["reason"].startswith("not JSON")
     assert summaries["sample"].accepted == 2
     [banned] = summaries["filter"]["filters"]

@@ -36,6 +36,10 @@ def _check_template(name: str | None, info) -> str | None:
 TemplateName = Annotated[str | None, AfterValidator(_check_template)]
 
 
+# A verdict of a plain-text verifier takes milliseconds; a minute is a runaway.
+DEFAULT_VERIFY_LIMIT_S = 60.0
+
+
 class Section(Strict):
     """A recipe section: unknown keys are errors."""
 
@@ -137,6 +141,19 @@ class Verifier(Component):
     name: str = Field(description="a registered verifier (`distill ls`), or a plug-in's dotted name")
     required: bool = Field(True, description="a sample is accepted only if every required verifier passes it")
     threshold: float = Field(1.0, ge=0, le=1, description="the score at or above which this verifier passes a sample")
+
+
+class Verification(Section):
+    """Where verifiers run and how long one verdict may take."""
+
+    workers: int = Field(1, ge=0, description="Ray tasks verifying the sample stage's result batches while the "
+                                              "engine generates the next ones; 0: in the run's own process, "
+                                              "between batches")
+    cpus_per_worker: float = Field(0.25, gt=0, description="Ray CPUs a verification task reserves")
+    time_limit_s: float = Field(
+        DEFAULT_VERIFY_LIMIT_S, gt=0,
+        description="seconds one completion's verdict may take, per verifier, in a worker process that is killed "
+                    "when they pass (the verdict is then None, with the reason); math and code keep their own limits")
 
 
 class Filter(Component):
@@ -369,6 +386,7 @@ class Recipe(Section):
     prompts: Prompts = Field(description="the prompt sources")
     sampling: Sampling = Field(Sampling(), description="how the teacher samples")
     verifiers: list[Verifier] = Field([], description="scored on every sample; every verdict is recorded")
+    verification: Verification = Field(Verification(), description="where verifiers run, and their time limit")
     filters: list[Filter] = Field([], description="run in order over the accepted samples")
     student: Student | None = Field(None, description="the model to train; none: a data-only run")
     train: Train = Field(Train(), description="how the student is trained")
@@ -438,7 +456,8 @@ class Recipe(Section):
         data = self.resolved()
         for key in ("batch_size", "attempts"):  # how results are grouped and retried, not what they are
             data["sampling"].pop(key)
-        return self._hash({k: data[k] for k in ("teacher", "prompts", "sampling", "verifiers")})
+        keys = ("teacher", "prompts", "sampling", "verifiers", "verification")
+        return self._hash({k: data[k] for k in keys if k in data})
 
     def _hash(self, data: dict) -> str:
         data = dict(data)
@@ -446,6 +465,10 @@ class Recipe(Section):
         # recipe has the same run id on a laptop and as a cluster job.
         for key in ("tracking", "cluster", "output_dir"):
             data.pop(key, None)
+        # Where verification runs does not change a verdict; a time limit other than the default can.
+        limit = (data.pop("verification", None) or {}).get("time_limit_s", DEFAULT_VERIFY_LIMIT_S)
+        if limit != DEFAULT_VERIFY_LIMIT_S:
+            data["verification"] = {"time_limit_s": limit}
         # Keys added at their default leave the hash as it was, so earlier runs keep their ids.
         if data.get("prompts", {}).get("bad_rows") == "fail":
             data["prompts"] = {k: v for k, v in data["prompts"].items() if k != "bad_rows"}
@@ -482,7 +505,7 @@ class Recipe(Section):
 ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
-               ("prompts", "eval", "*", "category_field")}
+               ("prompts", "eval", "*", "category_field"), ("train", "preference", "sft_steps")}
 
 
 def _without_unset(data: Any, paths: set[tuple], at: tuple = ()) -> Any:

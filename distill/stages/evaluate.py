@@ -142,7 +142,8 @@ def write_answers(run, role: str, model: Teacher, prompts: list[dict], work: lis
     verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [references[r["prompt_id"]] for r in rows],
                             questions=[questions[r["prompt_id"]] for r in rows],
                             finish_reasons=[r["finish_reason"] for r in rows],
-                            tools=[tools[r["prompt_id"]] for r in rows], backend_for=judge)
+                            tools=[tools[r["prompt_id"]] for r in rows], backend_for=judge,
+                            time_limit=recipe.verification.time_limit_s)
     for row, v in zip(rows, verdicts):
         row["verdicts"] = v
         row["correct"] = accepted(v, row["error"])

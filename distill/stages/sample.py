@@ -20,7 +20,7 @@ from distill.lineage import sample_id, sample_seed
 from distill.run import RunDir
 from distill.stages import evaluate, probing
 from distill.stages.requests import call_schema, constrained, request, sampling_params
-from distill.stages.verify import accepted, add_model_verdicts, model_verifiers, verify_batch
+from distill.stages.verify import VerifyPool, accepted, add_model_verdicts, model_verifiers
 
 NAME = "sample"
 NEEDS_STUDENT = False
@@ -64,6 +64,7 @@ class SampleSummary:
     accepted: int = 0
     completion_tokens_new: int = 0
     seconds: float = 0.0
+    verify_wait_seconds: float = 0.0  # time sampling waited for verdicts (verification beside the engine: ~0)
     per_verifier: dict = field(default_factory=dict)  # name -> {passed, failed, none}
     rounds: list = field(default_factory=list)  # per sampling round: samples, accepted, accept rate
     never_passed: list = field(default_factory=list)  # prompt ids with no accepted sample
@@ -186,38 +187,51 @@ def _passes(run, backend, info, prompts, work, side, summary, progress, round_: 
 
 def _generate(run, backend, info, prompts, work, summary, progress, with_models: bool, side_ids: set,
               answered: set, record: dict) -> None:
+    """Generates `work`; each result batch is verified (on Ray tasks beside the engine, see
+    VerifyPool) and written as a part in the order the batches came. When generation fails, the
+    batches already generated are still verified and written before the error goes on."""
     recipe = run.recipe
+    v = recipe.verification
+    pool = VerifyPool(recipe.verifiers, workers=v.workers, cpus=v.cpus_per_worker, time_limit=v.time_limit_s,
+                      with_models=with_models)
     requests = {w["work_id"]: w for w in work}
-    for results in backend.generate(work):
-        fresh = [r for r in results if r["work_id"] not in answered and r["work_id"] in requests]
-        record["duplicates"] += len(results) - len(fresh)
-        answered.update(r["work_id"] for r in fresh)
-        for r in fresh:  # which engine replicas answered this pass, and how much
-            name = r.get("replica") or "unknown"
-            record["replicas"][name] = record["replicas"].get(name, 0) + 1
-        results = fresh
-        if side_ids:
-            summary.side_results.extend(r for r in results if r["work_id"] in side_ids)
-            results = [r for r in results if r["work_id"] not in side_ids]
-        if not results:
-            continue
-        rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
-        verdicts = verify_batch(recipe.verifiers, [r["completion"] for r in rows], [r["reference"] for r in rows],
-                                questions=[r["prompt_text"] for r in rows],
-                                finish_reasons=[r["finish_reason"] for r in rows],
-                                tools=[json.loads(r["tools"]) if r["tools"] else None for r in rows],
-                                with_models=with_models)
-        for row, v in zip(rows, verdicts):
-            row["verdicts"] = v
-            row["accepted"] = accepted(v, row["error"], recipe.verifiers)
-        work_ids = [row.pop("work_id") for row in rows]
-        if recipe.sampling.logprobs:  # first: a samples part that exists has its log-probabilities
-            run.files.write_logprob_part(work_ids, teacher_tokens(rows, results, recipe.sampling.logprobs))
-        run.files.write_sample_part(work_ids, rows)
-        summary.samples_new += len(rows)
-        summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
-        if progress:
-            progress.advance(len(rows))
+    try:
+        for results in backend.generate(work):
+            fresh = [r for r in results if r["work_id"] not in answered and r["work_id"] in requests]
+            record["duplicates"] += len(results) - len(fresh)
+            answered.update(r["work_id"] for r in fresh)
+            for r in fresh:  # which engine replicas answered this pass, and how much
+                name = r.get("replica") or "unknown"
+                record["replicas"][name] = record["replicas"].get(name, 0) + 1
+            results = fresh
+            if side_ids:
+                summary.side_results.extend(r for r in results if r["work_id"] in side_ids)
+                results = [r for r in results if r["work_id"] not in side_ids]
+            if not results:
+                continue
+            rows = [_record(run, info, prompts, requests[r["work_id"]], r) for r in results]
+            pool.submit(rows, (rows, results))
+            for (done_rows, done_results), verdicts in pool.ready():
+                _write_verified(run, done_rows, done_results, verdicts, summary, progress)
+    finally:
+        for (done_rows, done_results), verdicts in pool.drain():
+            _write_verified(run, done_rows, done_results, verdicts, summary, progress)
+        summary.verify_wait_seconds += pool.waited
+
+
+def _write_verified(run, rows: list[dict], results: list[dict], verdicts: list[list[dict]], summary, progress) -> None:
+    recipe = run.recipe
+    for row, v in zip(rows, verdicts):
+        row["verdicts"] = v
+        row["accepted"] = accepted(v, row["error"], recipe.verifiers)
+    work_ids = [row.pop("work_id") for row in rows]
+    if recipe.sampling.logprobs:  # first: a samples part that exists has its log-probabilities
+        run.files.write_logprob_part(work_ids, teacher_tokens(rows, results, recipe.sampling.logprobs))
+    run.files.write_sample_part(work_ids, rows)
+    summary.samples_new += len(rows)
+    summary.completion_tokens_new += sum(r["completion_tokens"] for r in rows)
+    if progress:
+        progress.advance(len(rows))
 
 
 def teacher_tokens(rows: list[dict], results: list[dict], k: int) -> list[tuple]:

@@ -273,7 +273,8 @@ def baselines(todo: list[dict], plan_dir: Path, gate: Gate, say: Callable[[str],
             verdicts = verify_batch(recipe.verifiers, [r["text"] for r in rows], [r["_p"]["reference"] for r in rows],
                                     questions=[r["_p"]["question"] for r in rows],
                                     finish_reasons=[r["finish_reason"] for r in rows],
-                                    tools=[json.loads(r["_p"]["tools"]) if r["_p"].get("tools") else None for r in rows])
+                                    tools=[json.loads(r["_p"]["tools"]) if r["_p"].get("tools") else None for r in rows],
+                                    time_limit=recipe.verification.time_limit_s)
             scored = [{"completion": r["text"], "correct": accepted(v, r["error"])} for r, v in zip(rows, verdicts)]
             s = score(c["task_type"], scored, labels_of(plan_dir / cid))
             c["baselines"].append({"model": base, "shots": shots, **s, "relative": relative(s["accuracy"], c["llm_accuracy"]),

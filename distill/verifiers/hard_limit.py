@@ -11,6 +11,8 @@ forked: the caller may hold threads and locks), kept for the next calls, and rep
 from __future__ import annotations
 
 import multiprocessing
+import pickle
+import sys
 import threading
 from typing import Any, Callable
 
@@ -26,7 +28,8 @@ class Outcome:
 
 def call(fn: Callable, args: tuple, seconds: float) -> Outcome:
     """fn(*args) in this thread's worker, stopped after `seconds`. `fn` must be importable by name
-    (a module-level function) and its arguments and result picklable."""
+    (a module-level function) and its arguments and result picklable; pickle's error is raised
+    here when they are not."""
     worker = getattr(_local, "worker", None)
     if worker is None or not worker.alive():
         worker = _local.worker = _Worker()
@@ -41,6 +44,7 @@ STARTUP_SECONDS = 60.0
 class _Worker:
     def __init__(self):
         self.fresh = True
+        self.path: list[str] | None = None
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child,), daemon=True, name="distill-verifier")
@@ -51,10 +55,15 @@ class _Worker:
         return self.process.is_alive()
 
     def call(self, fn: Callable, args: tuple, seconds: float) -> Outcome:
+        blob = pickle.dumps((fn, args))  # here, so that what cannot be sent raises in the caller
+        # The import path goes along when it changed: a plug-in imported after the worker started
+        # (a recipe's dotted name) is found there too.
+        path = list(sys.path)
+        changed, self.path = path != self.path, path
         if self.fresh:
             seconds, self.fresh = seconds + STARTUP_SECONDS, False
         try:
-            self.conn.send((fn, args))
+            self.conn.send((path if changed else None, blob))
             if self.conn.poll(seconds):
                 kind, value = self.conn.recv()
                 return Outcome(value=value) if kind == "ok" else Outcome(error=value)
@@ -73,10 +82,13 @@ class _Worker:
 def _serve(conn) -> None:
     while True:
         try:
-            fn, args = conn.recv()
+            path, blob = conn.recv()
         except (EOFError, OSError):
             return
+        if path is not None:
+            sys.path[:] = path
         try:
+            fn, args = pickle.loads(blob)
             conn.send(("ok", fn(*args)))
         except BaseException as e:  # noqa: BLE001  a verifier's failure is a verdict, never the worker's end
             conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import time
+
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 from pydantic import Field
@@ -53,8 +55,11 @@ def _verdict(completion: object, reference: object, timeout: int | None) -> Verd
     if not answer:
         return Verdict(None, "no parsable answer in completion")
     # gold first: math_verify's verify is not symmetric.
+    started = time.monotonic()
     if verify(gold, answer, timeout_seconds=timeout):
         return Verdict(1.0, f"answer {text} is equivalent to reference {ref}")
+    if timeout and time.monotonic() - started >= timeout:  # math_verify says False when its timeout cut it short
+        return Verdict(None, f"comparing answer {text} with reference {ref} took over {timeout} s: stopped")
     return Verdict(0.0, f"answer {text} is not equivalent to reference {ref}")
 
 

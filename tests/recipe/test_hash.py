@@ -17,3 +17,14 @@ def test_the_demo_recipe_keeps_its_run_id_and_samples_key():
     # starts from the earlier run's samples.
     assert recipe.content_hash()[:12] == "fed1dfe71e77"
     assert recipe.samples_key()[:12] == "65018503d108"
+
+
+def test_settings_added_at_their_defaults_leave_a_dpo_run_id_as_it_was(tmp_path):
+    """preference.sft_steps and the verification section came later; unset, the id stays."""
+    import yaml
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["train"]["method"] = "dpo"
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_recipe(path).content_hash()[:12] == "6fb4c6eac5bf"
