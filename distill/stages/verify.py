@@ -122,6 +122,7 @@ class VerifyPool:
         self.waited = 0.0  # seconds the caller spent waiting for verdicts
         self.actors: list = []
         self.turn = 0
+        self.started = False  # the actors were seen up (or given up on)
         if workers and not (with_models and model_verifiers(verifiers)) and _ray_up():
             # The functions resolved here travel with the actors: a verifier registered in this
             # process only (a test's, a plug-in loaded by dotted name) works there too.
@@ -177,6 +178,10 @@ class VerifyPool:
 
         started = time.time()
         try:
+            if not self.started:
+                self._wait_for_actors()
+            if not self.actors:
+                return self._here(batch)
             return ray.get(ref)
         except (ray.exceptions.RayError, OSError) as e:  # a lost actor or node: verify the batch here
             if self.actors:  # once: from now on every batch is verified here
@@ -186,6 +191,21 @@ class VerifyPool:
             return self._here(batch)
         finally:
             self.waited += time.time() - started
+
+    def _wait_for_actors(self) -> None:
+        """Once: the actors must be up within START_TIMEOUT_S. A cluster with no CPUs to spare for
+        them (the engines and Ray Data's stages hold them all) would otherwise keep every batch
+        waiting; the driver verifies then."""
+        import ray
+
+        self.started = True
+        ready, _ = ray.wait([a.__ray_ready__.remote() for a in self.actors], num_returns=len(self.actors),
+                            timeout=START_TIMEOUT_S)
+        if len(ready) < len(self.actors):
+            log.warning("%d of %d verification workers did not start within %d s (no free CPUs for their "
+                        "verification.cpus_per_worker?); verifying in the driver", len(self.actors) - len(ready),
+                        len(self.actors), START_TIMEOUT_S)
+            self.close()
 
     def _here(self, batch: dict) -> list[list[dict]]:
         return verify_batch(self.verifiers, batch["completions"], batch["references"], questions=batch["questions"],
@@ -208,6 +228,7 @@ def _ray_up() -> bool:
 
 
 _ACTOR = None
+START_TIMEOUT_S = 60
 
 
 def _actor_class():

@@ -85,6 +85,24 @@ def test_the_pool_verifies_batches_on_ray_tasks_in_their_order(runaway, ray_clea
     assert os.getpid() not in pids  # not one verdict computed in the driver
 
 
+def test_workers_that_cannot_start_leave_verification_to_the_driver(runaway, ray_cleanup, monkeypatch):
+    """A cluster whose CPUs the engines hold: the actors never start, and no batch waits for them."""
+    import ray
+
+    from distill.stages import verify
+
+    monkeypatch.setattr(verify, "START_TIMEOUT_S", 2)
+    ray.init(num_cpus=2, include_dashboard=False)
+    pool = VerifyPool(runaway, workers=1, cpus=3, time_limit=30, with_models=False)  # more CPUs than there are
+    assert pool.on_ray
+    rows = [{"completion": "4", "reference": "4", "prompt_text": "q", "finish_reason": "stop", "tools": None}]
+    for i in range(3):
+        pool.submit(rows, i)
+    got = list(pool.drain())
+    assert [tag for tag, _ in got] == [0, 1, 2] and not pool.on_ray
+    assert all(v[0][0]["score"] == 1.0 for _, v in got)
+
+
 def test_the_sample_stage_verifies_beside_the_engine(tmp_path, monkeypatch, runaway, ray_cleanup):
     """The failure this answers: verification ran serially in the driver between the engine's batches."""
     import ray
