@@ -33,6 +33,7 @@ LOCAL_PROTOCOLS = (None, "file", "local")
 # These stores show an upload under its key only once it is complete, so a crash mid-upload
 # leaves the old object or none; elsewhere an upload goes to a hidden name and is then moved.
 WHOLE_OBJECT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"}
+REMOVE_CHUNK = 1_000  # remote files deleted per call (S3 deletes up to 1,000 objects per request)
 MIRROR_STATE = ".mirror.json"  # this copy's record of what it pushed; hidden, so never uploaded
 MIRROR_LOCK = ".mirror.lock"
 
@@ -61,10 +62,24 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_parquet(path: Path, table) -> None:
+def write_parquet(path: Path, table, **options) -> None:
+    """`table` as Parquet; `options` go to pyarrow's write_table (row_group_size, compression)."""
     import pyarrow.parquet as pq
 
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+    _atomic(path, lambda tmp: pq.write_table(table, tmp, **options))
+
+
+def write_parquet_batches(path: Path, schema, tables: Iterable) -> None:
+    """Parquet from a stream of tables (or record batches) of `schema`, each appended as it
+    comes, so the whole file is never in memory at once."""
+    import pyarrow.parquet as pq
+
+    def write(tmp):
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for table in tables:
+                writer.write(table)
+
+    _atomic(path, write)
 
 
 def protocol(uri: str) -> str | None:
@@ -171,9 +186,11 @@ class Mirror:
                     self._upload(rel)
                     state[rel] = files[rel]  # as listed: a file that changed since is pushed again next time
                     done.append(rel)
-                for rel in [r for r in state if r not in files]:
-                    self._remove(rel)
-                    del state[rel]
+                gone = [r for r in state if r not in files]
+                for lo in range(0, len(gone), REMOVE_CHUNK):
+                    self._remove(gone[lo : lo + REMOVE_CHUNK])
+                    for rel in gone[lo : lo + REMOVE_CHUNK]:
+                        del state[rel]
             finally:
                 self._write_state(state)
             return done
@@ -240,11 +257,18 @@ class Mirror:
                 self.fs.rm_file(tmp)
             raise
 
-    def _remove(self, rel: str) -> None:
+    def _remove(self, rels: list[str]) -> None:
+        """Deletes these remote files in one call, which S3's and GCS's drivers send as batch
+        requests: merging the samples parts removes as many files as sampling wrote."""
+        paths = [self._remote_path(rel) for rel in rels]
         try:
-            self.fs.rm_file(self._remote_path(rel))
-        except FileNotFoundError:
-            pass
+            self.fs.rm(paths)
+        except FileNotFoundError:  # one was gone already: the rest one at a time
+            for path in paths:
+                try:
+                    self.fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
 
     def _read_state(self) -> dict[str, list[int]]:
         path = self.local / MIRROR_STATE

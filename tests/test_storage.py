@@ -59,6 +59,27 @@ def test_push_uploads_what_changed_and_never_working_files(folder_remote, tmp_pa
     assert sorted(remote_files(folder)) == ["recipe.resolved.yaml", "samples/part-2.parquet"]
 
 
+def test_files_the_run_removed_are_removed_from_the_remote_many_per_call(folder_remote, tmp_path, monkeypatch):
+    """A merge of the samples parts removes as many files as sampling wrote: not one call each."""
+    uri, folder = folder_remote
+    local = tmp_path / "local"
+    parts = [write(local / "samples" / f"part-{i}.parquet", f"rows {i}") for i in range(10)]
+    mirror = Mirror(uri, local)
+    mirror.push()
+    monkeypatch.setattr(storage, "REMOVE_CHUNK", 4)
+    calls = []
+    real_rm = mirror.fs.rm
+    monkeypatch.setattr(mirror.fs, "rm", lambda paths, *a, **k: calls.append(len(paths)) or real_rm(paths, *a, **k))
+    (folder / "samples" / "part-0.parquet").unlink()  # already gone from the remote: the rest still go
+    for part in parts:
+        part.unlink()
+    write(local / "samples" / "part-merged-a.parquet", "all rows")
+    assert mirror.push() == ["samples/part-merged-a.parquet"]
+    assert calls == [4, 4, 2]
+    assert remote_files(folder) == {"samples/part-merged-a.parquet": "all rows"}
+    assert mirror.push() == [] and calls == [4, 4, 2]  # forgotten once removed: nothing to remove again
+
+
 def test_pull_fetches_what_the_copy_lacks_and_a_fresh_copy_pushes_nothing(folder_remote, tmp_path):
     uri, folder = folder_remote
     write(folder / "recipe.resolved.yaml", "name: x\n")

@@ -7,9 +7,12 @@ registering twice adds nothing.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+import pyarrow as pa
 
 from distill.lineage import dataset_name, digest
 from distill.lineage_store.tables import RELATIONS, Store, artifacts, edges, row_counts, upsert
@@ -132,21 +135,29 @@ def _eval_sources(files: RunDir) -> list[dict]:
 
 def _samples(files: RunDir):
     """(count, distinct teachers, distinct prompt sources, samples per engine replica), reading only
-    those columns; None before sampling."""
+    those columns, a batch at a time; None before sampling."""
     teacher_cols = ["teacher_id", "teacher_model", "teacher_revision", "teacher_licence"]
     prompt_cols = ["prompt_source", "prompt_licence"]
-    table = files.read_samples(teacher_cols + prompt_cols + ["replica"])
-    if table.num_rows == 0:
+    count, teachers, prompts, replicas = 0, set(), set(), Counter()
+    for batch in files.iter_samples(teacher_cols + prompt_cols + ["replica"]):
+        count += batch.num_rows
+        table = pa.Table.from_batches([batch])
+        teachers.update(_distinct(table, teacher_cols))
+        prompts.update(_distinct(table, prompt_cols))
+        for r in table.group_by("replica").aggregate([([], "count_all")]).to_pylist():
+            if r["replica"]:  # null: a backend that does not say (HTTP, older runs)
+                replicas[r["replica"]] += r["count_all"]
+    if count == 0:
         return None
-    replicas: dict[str, int] = {}
-    for name in table["replica"].to_pylist():  # null: a backend that does not say (HTTP, older runs)
-        if name:
-            replicas[name] = replicas.get(name, 0) + 1
 
-    def distinct(cols):
-        return sorted(table.select(cols).group_by(cols).aggregate([]).to_pylist(), key=lambda r: [r[c] for c in cols])
+    def rows(found, cols):
+        return [dict(zip(cols, values)) for values in sorted(found)]
 
-    return table.num_rows, distinct(teacher_cols), distinct(prompt_cols), dict(sorted(replicas.items()))
+    return count, rows(teachers, teacher_cols), rows(prompts, prompt_cols), dict(sorted(replicas.items()))
+
+
+def _distinct(table: pa.Table, cols: list[str]) -> set[tuple]:
+    return {tuple(r[c] for c in cols) for r in table.group_by(cols).aggregate([]).to_pylist()}
 
 
 def register_run(store: Store, run_dir: Path) -> dict[str, int]:

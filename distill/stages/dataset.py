@@ -9,6 +9,9 @@ loss on the completion only. A conversation prompt keeps all its turns and its t
 column of JSON, which TRL passes to the student's chat template); the completion is the assistant
 turn the teacher produced, its tool calls in OpenAI's structured form, so the student's own
 template writes them in the format it will be served with.
+
+The samples are read in (prompt id, sample index) order as a stream, and the rows written as
+they are made: memory does not grow with the run (distill/run.py, `iter_samples_in_order`).
 """
 
 from __future__ import annotations
@@ -24,16 +27,22 @@ NAME = "dataset"
 NEEDS_STUDENT = False
 
 
+# What the dataset stage reads of each sample.
+COLUMNS = ["sample_id", "prompt_id", "sample_index", "error", "accepted", "completion", "messages", "tools",
+           "prompt_source", "prompt_licence", "teacher_id", "teacher_model", "teacher_revision", "teacher_licence",
+           "chat_template", "verdicts"]
+
+
 def run(ctx) -> dict:
     out = build_dataset(ctx.run)
     ctx.tracker.log({k: out[k] for k in ("rows", "samples", "prompts_with_a_kept_sample", "dropped")}, NAME)
-    ctx.tracker.table("dataset/rows", _sample_rows(ctx.run.files.read_dataset()))
+    ctx.tracker.table("dataset/rows", _sample_rows(ctx.run.files.read_dataset(limit=200)))
     return out
 
 
-def _sample_rows(table, limit: int = 200) -> list[dict]:
+def _sample_rows(table) -> list[dict]:
     """A readable slice of the dataset for the tracker's table view."""
-    rows = table.slice(0, limit).to_pylist()
+    rows = table.to_pylist()
     return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"][-1]["content"], "completion": r["completion"][0]["content"],
              "teacher": r["teacher_id"]} for r in rows]
 
@@ -41,36 +50,103 @@ def _sample_rows(table, limit: int = 200) -> list[dict]:
 def build_dataset(run) -> dict:
     """Writes dataset/train.parquet, dataset/manifest.json and dataset/README.md; returns the manifest."""
     files = run.files
-    samples = files.read_samples().to_pylist()
-    samples.sort(key=lambda s: (s["prompt_id"], s["sample_index"]))  # the same order on every machine
-    filtered = files.read_decisions()  # None: no filter stage ran
-    drops: Counter = Counter()
-    seen: set[tuple[str, str]] = set()
-    rows = []
+    files.compact_samples()  # after a filter stage, already done
+    tally = _Tally()
+    files.write_dataset(_kept_rows(files.iter_samples_in_order(COLUMNS), files.iter_decisions(), tally))
+    manifest = {
+        "run_id": run.id,
+        "recipe_hash": run.recipe_hash,
+        "code_version": run.code_version,
+        "content_sha256": tally.content.hexdigest(),
+        "rows": tally.rows,
+        "samples": tally.samples,
+        "prompts_with_a_kept_sample": tally.prompts,
+        "dropped": dict(sorted(tally.drops.items())),
+        "verifiers": {name: dict(c) for name, c in tally.verifiers.items()},
+        "filters": (files.read_json(files.filter_summary) or {}).get("filters", []),
+        "teachers": [{"id": i, "model": m, "revision": r, "licence": lic} for i, m, r, lic in sorted(tally.teachers)],
+        "prompt_licences": dict(tally.prompt_licences),
+    }
+    if tool_use := tool_use_summary(tally, run.recipe):
+        manifest["tool_use"] = tool_use
+    if skipped := skipped_rows(run.recipe):  # bad prompt rows left out at load (prompts.bad_rows: skip)
+        manifest["bad_prompt_rows_skipped"] = skipped
+    files.write_json(files.manifest, manifest)
+    files.write_text(files.dataset_card, dataset_card(run, manifest))
+    return manifest
+
+
+class _Tally:
+    """What the manifest says of the samples and the kept rows, counted as they stream by."""
+
+    def __init__(self):
+        self.samples = self.rows = self.prompts = 0
+        self.drops: Counter = Counter()
+        self.verifiers: dict[str, Counter] = {}
+        self.teachers: set[tuple] = set()
+        self.prompt_licences: Counter = Counter()
+        self.content = hashlib.sha256()  # of the kept rows, in order (_hash_row)
+        self.last_prompt: str | None = None
+        # Rows offering tools: the tools offered and called, the rows with calls, the teacher's templates.
+        self.with_tools = self.with_calls = 0
+        self.offered: Counter = Counter()
+        self.called: Counter = Counter()
+        self.teacher_templates: set[str] = set()
+
+    def sample(self, s: dict) -> None:
+        self.samples += 1
+        self.teachers.add((s["teacher_id"], s["teacher_model"], s["teacher_revision"], s["teacher_licence"]))
+        for v in s["verdicts"] or []:
+            c = self.verifiers.setdefault(v["verifier"], Counter())
+            c["cannot verify" if v["score"] is None else "passed" if v["passed"] else "failed"] += 1
+
+    def kept(self, row: dict, s: dict) -> None:
+        self.rows += 1
+        if row["prompt_id"] != self.last_prompt:  # rows come by prompt
+            self.prompts += 1
+            self.last_prompt = row["prompt_id"]
+        self.prompt_licences[row["prompt_licence"]] += 1
+        _hash_row(self.content, row)
+        if row["tools"]:
+            calls = row["completion"][0].get("tool_calls") or []
+            self.with_tools += 1
+            self.with_calls += bool(calls)
+            self.offered.update({(t.get("function") or t).get("name", "?") for t in json.loads(row["tools"])})
+            self.called.update({c["function"]["name"] for c in calls})
+            self.teacher_templates.add(s["chat_template"] or "the model's own")
+
+
+def _kept_rows(samples, decisions, tally: _Tally):
+    """The dataset rows of the samples (in prompt id, sample index order), counting as they go.
+    `decisions` are the filter stage's, one per candidate in the same order; None: no filter ran."""
+    seen: set[str] = set()  # the kept completions of the current prompt
+    prompt = None
     for s in samples:
+        tally.sample(s)
         if s["error"]:
-            drops["error"] += 1
+            tally.drops["error"] += 1
             continue
         if not s["accepted"]:
-            drops["not accepted by the verifiers"] += 1
+            tally.drops["not accepted by the verifiers"] += 1
             continue
         flags: list[str] = []
-        if filtered is not None:
-            f = filtered.get(s["sample_id"])
-            if f is None:
+        if decisions is not None:
+            f = next(decisions, None)
+            if f is None or f["sample_id"] != s["sample_id"]:
                 raise RuntimeError(f"sample {s['sample_id']} has no filter decision: rerun the filter stage")
             if not f["kept"]:
                 dropped_by = next(d["filter"] for d in f["decisions"] if d["action"] == "dropped")
-                drops[f"filter {dropped_by}"] += 1
+                tally.drops[f"filter {dropped_by}"] += 1
                 continue
             s = {**s, "completion": f["completion"]}
             flags = [d["filter"] for d in f["decisions"] if d["action"] == "marked"]
-        key = (s["prompt_id"], s["completion"].strip())
-        if key in seen:
-            drops["exact duplicate"] += 1
+        if s["prompt_id"] != prompt:
+            seen, prompt = set(), s["prompt_id"]
+        if (text := s["completion"].strip()) in seen:
+            tally.drops["exact duplicate"] += 1
             continue
-        seen.add(key)
-        rows.append({
+        seen.add(text)
+        row = {
             "prompt": json.loads(s["messages"]),
             "completion": [assistant_turn(s["completion"], bool(s.get("tools")))],
             "tools": s.get("tools"),
@@ -81,29 +157,9 @@ def build_dataset(run) -> dict:
             "teacher_id": s["teacher_id"],
             "teacher_licence": s["teacher_licence"],
             "flags": flags,
-        })
-    files.write_dataset(rows)
-    manifest = {
-        "run_id": run.id,
-        "recipe_hash": run.recipe_hash,
-        "code_version": run.code_version,
-        "content_sha256": content_hash(rows),
-        "rows": len(rows),
-        "samples": len(samples),
-        "prompts_with_a_kept_sample": len({r["prompt_id"] for r in rows}),
-        "dropped": dict(sorted(drops.items())),
-        "verifiers": _verifier_counts(samples),
-        "filters": (files.read_json(files.filter_summary) or {}).get("filters", []),
-        "teachers": _teachers(samples),
-        "prompt_licences": dict(Counter(r["prompt_licence"] for r in rows)),
-    }
-    if tool_use := tool_use_summary(rows, samples, run.recipe):
-        manifest["tool_use"] = tool_use
-    if skipped := skipped_rows(run.recipe):  # bad prompt rows left out at load (prompts.bad_rows: skip)
-        manifest["bad_prompt_rows_skipped"] = skipped
-    files.write_json(files.manifest, manifest)
-    files.write_text(files.dataset_card, dataset_card(run, manifest))
-    return manifest
+        }
+        tally.kept(row, s)
+        yield row
 
 
 def assistant_turn(text: str, with_tools: bool) -> dict:
@@ -127,25 +183,19 @@ def assistant_turn(text: str, with_tools: bool) -> dict:
                            for i, (name, args, _) in enumerate(calls)]}
 
 
-def tool_use_summary(rows: list[dict], samples: list[dict], recipe) -> dict | None:
+def tool_use_summary(tally: _Tally, recipe) -> dict | None:
     """What the data teaches about tools: which tools the kept rows offer (and how many rows call
     each), how many rows answer with calls and how many with none, and the chat templates that
     write the calls (the teacher's, from its samples, and the student's); None without tools."""
-    with_tools = [r for r in rows if r["tools"]]
-    if not with_tools:
+    if not tally.with_tools:
         return None
-    offered, called = Counter(), Counter()
-    for r in with_tools:
-        offered.update({(t.get("function") or t).get("name", "?") for t in json.loads(r["tools"])})
-        called.update({c["function"]["name"] for c in r["completion"][0].get("tool_calls") or []})
-    kept = {r["sample_id"] for r in with_tools}
-    teacher_templates = sorted({s["chat_template"] or "the model's own" for s in samples if s["sample_id"] in kept})
     return {
-        "rows_with_tools": len(with_tools),
-        "rows_with_calls": sum(bool(r["completion"][0].get("tool_calls")) for r in with_tools),
-        "rows_without_a_call": sum(not r["completion"][0].get("tool_calls") for r in with_tools),
-        "tools": {name: {"offered": n, "called": called.get(name, 0)} for name, n in sorted(offered.items())},
-        "teacher_templates": teacher_templates,
+        "rows_with_tools": tally.with_tools,
+        "rows_with_calls": tally.with_calls,
+        "rows_without_a_call": tally.with_tools - tally.with_calls,
+        "tools": {name: {"offered": n, "called": tally.called.get(name, 0)}
+                  for name, n in sorted(tally.offered.items())},
+        "teacher_templates": sorted(tally.teacher_templates),
         "student_template": recipe.student.template if recipe.student and recipe.student.template else "the base model's own",
         "call_format": "OpenAI tool_calls (function name, arguments as a JSON object); the student's chat template "
                        "writes them out",
@@ -170,29 +220,12 @@ Teacher's chat template: {', '.join(tool_use['teacher_templates'])}; student's: 
 """
 
 
-def content_hash(rows: list[dict]) -> str:
-    """Of the training content alone (prompts and completions, in order): two runs that kept
-    the same text have the same hash, whatever their ids or timestamps."""
-    digest = hashlib.sha256()
-    for r in rows:
-        content = [r["prompt"], r["completion"]] + ([r["tools"]] if r.get("tools") else [])
-        digest.update(json.dumps(content, sort_keys=True).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _verifier_counts(samples: list[dict]) -> dict:
-    counts: dict[str, Counter] = {}
-    for s in samples:
-        for v in s["verdicts"] or []:
-            c = counts.setdefault(v["verifier"], Counter())
-            c["cannot verify" if v["score"] is None else "passed" if v["passed"] else "failed"] += 1
-    return {name: dict(c) for name, c in counts.items()}
-
-
-def _teachers(samples: list[dict]) -> list[dict]:
-    found = {(s["teacher_id"], s["teacher_model"], s["teacher_revision"], s["teacher_licence"]) for s in samples}
-    return [{"id": i, "model": m, "revision": r, "licence": lic} for i, m, r, lic in sorted(found)]
+def _hash_row(digest, r: dict) -> None:
+    """Adds a row to the content hash: of the training content alone (prompts and completions, in
+    order), so two runs that kept the same text have the same hash, whatever their ids or timestamps."""
+    content = [r["prompt"], r["completion"]] + ([r["tools"]] if r.get("tools") else [])
+    digest.update(json.dumps(content, sort_keys=True).encode())
+    digest.update(b"\n")
 
 
 def dataset_card(run, manifest: dict) -> str:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from distill.filters import FILTERS, FilterContext, FilterVerdict
 from distill.lineage import digest
+from distill.schema import DECISION
 
 NAME = "filter"
 NEEDS_STUDENT = False
@@ -21,6 +25,7 @@ NEEDS_STUDENT = False
 # What a filter function sees of each sample.
 ROW_FIELDS = ("sample_id", "prompt_id", "prompt_text", "completion", "finish_reason", "completion_tokens",
               "prompt_source", "prompt_licence", "teacher_id")
+DECISION_FIELDS = tuple(f.name for f in DECISION)  # filter, flagged, action, reason, category
 
 
 def run(ctx) -> dict:
@@ -32,17 +37,33 @@ def run(ctx) -> dict:
 
 
 def candidates(files) -> list[dict]:
-    """The samples filters judge: no error and accepted by every required verifier, in a stable order."""
-    table = files.read_samples(list(ROW_FIELDS) + ["sample_index", "accepted", "error"])
-    rows = [r for r in table.to_pylist() if r["accepted"] and not r["error"]]
-    rows.sort(key=lambda r: (r["prompt_id"], r["sample_index"]))
-    return [{k: r[k] for k in ROW_FIELDS} for r in rows]
+    """The samples filters judge: no error and accepted by every required verifier, in a stable
+    order. Read a batch at a time; only these become Python rows."""
+    found = []
+    for batch in files.iter_samples(list(ROW_FIELDS) + ["sample_index", "accepted", "error"]):
+        no_error = pc.fill_null(pc.equal(batch["error"], ""), True)
+        found.append(batch.filter(pc.and_(pc.fill_null(batch["accepted"], False), no_error)))
+    if not found:
+        return []
+    table = pa.Table.from_batches(found).sort_by([("prompt_id", "ascending"), ("sample_index", "ascending")])
+    # Every candidate is held at once, and these repeat (a prompt's n samples, one teacher): one
+    # string for each distinct value, not one per row, halves what the rows take.
+    distinct: dict[str, dict] = {c: {} for c in ("prompt_id", "prompt_text", "finish_reason", "prompt_source",
+                                                  "prompt_licence", "teacher_id")}
+    rows = []
+    for batch in table.select(list(ROW_FIELDS)).to_batches(max_chunksize=16_384):
+        for r in batch.to_pylist():
+            for column, seen in distinct.items():
+                r[column] = seen.setdefault(r[column], r[column])
+            rows.append(r)
+    return rows
 
 
 def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
     """Runs the recipe's filters; writes filters/decisions.parquet and filters/summary.json.
     `progress_factory(label)` makes a bar per filter, which the filter may advance row by row."""
     files = run.files
+    files.compact_samples()  # sampling is done: its many batch-sized parts become a few large ones
     rows = candidates(files)
     key = digest(sorted(r["sample_id"] for r in rows))
     if files.filter_summary.is_file() and files.decisions.is_file():
@@ -50,8 +71,10 @@ def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
         if done.get("input_digest") == key:  # the same samples went through the same filters
             return done
     eval_prompts = files.read_prompts("eval")
-    decisions: dict[str, list[dict]] = {r["sample_id"]: [] for r in rows}
-    alive = [dict(r) for r in rows]
+    # Per row, each filter's (filter, flagged, action, reason, category): tuples, not dicts, since
+    # every candidate is held at once, and one tuple for every row a filter passed without a word.
+    decisions: dict[str, list[tuple]] = {r["sample_id"]: [] for r in rows}
+    alive = rows  # read for this call alone: a redaction may rewrite them in place
     stats = []
     for spec in run.recipe.filters:
         ctx = FilterContext(base_dir=run.recipe.base_dir, eval_prompts=eval_prompts, backend_for=backend_for,
@@ -62,6 +85,7 @@ def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
         counts: Counter = Counter()
         categories: Counter = Counter()
         survivors = []
+        passed = (spec.name, False, "passed", "", "")
         for row, v in zip(alive, verdicts):
             action = _action(v, spec.mode)
             counts[action] += 1
@@ -69,8 +93,8 @@ def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
                 categories[v.category or "flagged"] += 1
             if action == "redacted":
                 row["completion"] = v.completion
-            decisions[row["sample_id"]].append({"filter": spec.name, "flagged": v.flagged, "action": action,
-                                                "reason": v.reason, "category": v.category})
+            decision = (spec.name, v.flagged, action, v.reason, v.category)
+            decisions[row["sample_id"]].append(passed if decision == passed else decision)
             if action != "dropped":
                 survivors.append(row)
         stats.append({"filter": spec.name, "mode": spec.mode, "seen": len(alive), "flagged": sum(categories.values()),
@@ -78,8 +102,8 @@ def filter_samples(run, backend_for=None, progress_factory=None) -> dict:
                       "by_category": dict(categories.most_common())})
         alive = survivors
     final = {r["sample_id"]: r["completion"] for r in alive}
-    files.write_decisions([{"sample_id": sid, "kept": sid in final, "completion": final.get(sid), "decisions": d}
-                           for sid, d in decisions.items()])
+    files.write_decisions({"sample_id": sid, "kept": sid in final, "completion": final.get(sid),
+                           "decisions": [dict(zip(DECISION_FIELDS, d)) for d in ds]} for sid, ds in decisions.items())
     summary = {"input_digest": key, "candidates": len(rows), "kept": len(alive), "filters": stats}
     files.write_json(files.filter_summary, summary)
     return summary

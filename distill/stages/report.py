@@ -11,6 +11,9 @@ import io
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from distill.run import RunDir
 from distill.stages.sample import never_passed, round_stats
 
@@ -207,16 +210,39 @@ def replicas_html(attempts: list[dict]) -> str | None:
     return text + _table(["replica", "results"], [[name, counts[name]] for name in sorted(counts)])
 
 
-def never_passed_html(files: RunDir, table, n: int) -> str | None:
-    if len(round_stats(table, n)) < 2:
+def never_passed_html(files: RunDir, rounds: list[dict]) -> str | None:
+    if len(rounds) < 2:
         return None
-    ids = never_passed(table)
+    ids = never_passed(accepted_by_prompt(files))
     if not ids:
         return "<p>Every prompt had an accepted sample.</p>"
     text = {p["prompt_id"]: p["question"] for p in files.read_prompts("train")}
     items = "".join(f"<li><code>{i}</code> {html.escape(text.get(i, '')[:160])}</li>" for i in ids[:50])
     more = f"<p>... and {len(ids) - 50} more (samples/*.parquet has them all).</p>" if len(ids) > 50 else ""
     return f"<p>{len(ids)} prompts never had an accepted sample, in any round:</p><ul>{items}</ul>{more}"
+
+
+def completion_lengths(files: RunDir) -> tuple[list[int], list[int]]:
+    """The completion tokens of the accepted samples, and of the rejected ones (not errors)."""
+    kept, rejected = [], []
+    for batch in files.iter_samples(["accepted", "completion_tokens", "error"]):
+        accepted = pc.fill_null(batch["accepted"], False)
+        no_error = pc.fill_null(pc.equal(batch["error"], ""), True)
+        kept += batch["completion_tokens"].filter(accepted).to_pylist()
+        rejected += batch["completion_tokens"].filter(pc.and_(pc.invert(accepted), no_error)).to_pylist()
+    return kept, rejected
+
+
+def accepted_by_prompt(files: RunDir) -> pa.Table:
+    """(prompt_id, accepted): whether any sample of the prompt was accepted, one row per prompt
+    (what never_passed needs, without a row per sample)."""
+    accepted: dict[str, bool] = {}
+    for batch in files.iter_samples(["prompt_id", "accepted"]):
+        per = pa.Table.from_batches([batch]).group_by("prompt_id").aggregate([("accepted", "any")])
+        for pid, ok in zip(per["prompt_id"].to_pylist(), per["accepted_any"].to_pylist()):
+            accepted[pid] = accepted.get(pid, False) or bool(ok)
+    return pa.table({"prompt_id": pa.array(list(accepted), pa.string()),
+                     "accepted": pa.array(list(accepted.values()), pa.bool_())})
 
 
 def build_report(run_dir: Path) -> Path:
@@ -226,19 +252,18 @@ def build_report(run_dir: Path) -> Path:
     manifest = files.read_json(files.manifest)
     train = files.read_json(files.train_summary)
     ev = files.read_json(files.metrics)
-    table = files.read_samples(["prompt_id", "sample_index", "accepted", "completion_tokens", "error"])
-    samples = table.to_pylist()
     resolved_file = files.resolved_recipe
     n = files.read_resolved()["recipe"]["sampling"]["n"] if resolved_file.is_file() else 1
+    rounds = round_stats(files.read_samples(["sample_index", "accepted"]), n)  # two narrow columns
+    samples = sum(r["samples"] for r in rounds)
     attempts = files.read_attempts()
-    kept = [s["completion_tokens"] for s in samples if s["accepted"]]
-    rejected = [s["completion_tokens"] for s in samples if not s["accepted"] and not s["error"]]
+    kept, rejected = completion_lengths(files)
     per_verifier = (manifest or {}).get("verifiers", {})
 
     sections = [
         ("Verifiers", plot_accept_rates(per_verifier), "no samples verified yet"),
-        ("Sampling rounds", plot_rounds(round_stats(table, n)), None),
-        ("Prompts that never passed", never_passed_html(files, table, n), None),
+        ("Sampling rounds", plot_rounds(rounds), None),
+        ("Prompts that never passed", never_passed_html(files, rounds), None),
         ("Retried", retries_html(attempts), None),
         ("Replicas", replicas_html(attempts), None),
         ("Completion lengths", plot_lengths(kept, rejected), "no samples yet"),
@@ -250,7 +275,7 @@ def build_report(run_dir: Path) -> Path:
     ]
     facts = []
     if samples:
-        facts.append(f"{len(samples)} samples, {len(kept)} accepted ({len(kept) / len(samples):.1%})")
+        facts.append(f"{samples} samples, {len(kept)} accepted ({len(kept) / samples:.1%})")
     if manifest:
         facts.append(f"dataset: {manifest['rows']} rows, dropped: "
                      + (", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()) or "none"))

@@ -76,3 +76,77 @@ def test_skipped_bad_prompt_rows_are_counted_in_the_manifest_and_the_report(tmp_
     assert summaries["prompts"]["bad_rows_skipped"] == 2
     assert json.loads(the_run.files.manifest.read_text())["bad_prompt_rows_skipped"] == 2
     assert "prompt files: 2 bad rows skipped" in the_run.files.report.read_text()
+
+
+class VariedBackend:
+    """Sums "What is a + b?" with text that varies by sample index (4 repeats 0, 2 is wrong), in
+    batches of `batch_size` and, if `shuffled`, in a shuffled order, as engine replicas return them."""
+
+    name = "varied"
+
+    def __init__(self, batch_size: int, shuffled: bool):
+        self.batch_size, self.shuffled = batch_size, shuffled
+
+    def describe(self):
+        return {"backend": self.name, "version": "1", "engine_args": {}}
+
+    def generate(self, requests):
+        import random
+
+        requests = list(requests)
+        if self.shuffled:
+            random.Random(3).shuffle(requests)
+        for lo in range(0, len(requests), self.batch_size):
+            out = []
+            for r in requests[lo : lo + self.batch_size]:
+                total = sum(int(x) for x in r["messages"][-1]["content"].replace("?", " ").split() if x.isdigit())
+                index = int(r["work_id"].rsplit(":", 1)[1])
+                text = {1: f"{total}", 2: f"The answer is {total + 1}.", 3: f"It is {total}. Done.",
+                        5: f"Adding them: {total}."}.get(index, f"The answer is {total}.")
+                out.append({"work_id": r["work_id"], "text": text, "prompt_tokens": 9, "completion_tokens": 5,
+                            "finish_reason": "stop", "error": ""})
+            yield out
+
+
+def test_the_dataset_does_not_depend_on_how_the_samples_were_batched(tmp_path, monkeypatch):
+    """The same samples, written one per part in order or four per part shuffled, give the same
+    rows in the same order: by prompt, then sample index, one of each repeated text."""
+    built = []
+    for name, backend in (("one-by-one", VariedBackend(1, False)), ("shuffled", VariedBackend(4, True))):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        (folder / "q.jsonl").write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+                                                + "\n" for a, b in zip(range(9), range(9, 0, -1))))
+        (folder / "r.yaml").write_text(json.dumps({
+            "name": "batched", "teacher": "smollm2-135m-instruct",
+            "prompts": {"train": [{"source": "jsonl", "path": "q.jsonl", "answer_field": "answer", "licence": "mit"}]},
+            "sampling": {"n": 6, "batch_size": 1 if name == "one-by-one" else 4},
+            "verifiers": [{"name": "final-number"}],
+            "filters": [{"name": "length", "mode": "mark", "max": 2}], "tracking": {"wandb": "disabled"}}))
+        run, summaries = run_pipeline(load_recipe(folder / "r.yaml"), until="dataset", backend=backend)
+        built.append((run.files.read_dataset().to_pylist(), summaries["dataset"]))
+    (rows, manifest), (other_rows, other_manifest) = built
+    assert rows == other_rows
+    prompt_ids = [r["prompt_id"] for r in rows]
+    assert prompt_ids == sorted(prompt_ids) and len(set(prompt_ids)) == 9
+    for lo in range(0, len(rows), 4):  # each prompt's sample indices 0, 1, 3 and 5, in that order
+        total = rows[lo]["completion"][0]["content"].split()[-1].rstrip(".")
+        assert [r["completion"][0]["content"] for r in rows[lo : lo + 4]] == [
+            f"The answer is {total}.", total, f"It is {total}. Done.", f"Adding them: {total}."]
+    assert sum(r["flags"] == ["length"] for r in rows) == 9 * 3  # all but the bare number: over 2 words
+    assert manifest["dropped"] == {"exact duplicate": 9, "not accepted by the verifiers": 9}
+    differ = {"run_id", "recipe_hash"}
+    assert {k: v for k, v in manifest.items() if k not in differ} == \
+        {k: v for k, v in other_manifest.items() if k not in differ}
+
+
+def test_the_dataset_stage_streams_the_samples(run, monkeypatch):
+    """It never holds every sample: the whole-table reader is not used."""
+    from distill.run import RunDir
+    from distill.stages.dataset import build_dataset
+
+    the_run, first = run
+    monkeypatch.setattr(RunDir, "read_samples", lambda *a, **k: pytest.fail("read every sample at once"))
+    monkeypatch.setattr(RunDir, "read_decisions", lambda *a, **k: pytest.fail("read every decision at once"))
+    assert build_dataset(the_run) == first["dataset"]

@@ -224,3 +224,21 @@ def test_a_judge_grades_after_the_teacher_and_decides_acceptance(tmp_path, monke
     assert all([v["verifier"] for v in r["verdicts"]] == ["judge"] for r in live)
     assert all(r["accepted"] for r in live)  # the fake teacher always says 3, the fake judge likes that
     assert summaries["sample"].per_verifier["judge"]["passed"] == len(live) == len(QUESTIONS[:3]) * 3
+
+
+def test_the_filter_stage_merges_the_sampling_parts_and_a_rerun_samples_nothing_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(write_recipe(tmp_path))
+    backend = FakeBackend(batch_size=1)
+    run, _ = run_pipeline(recipe, until="sample", backend=backend)
+    assert len(run.files.sample_parts()) == 12  # one part per batch of one
+    before = sorted(run.files.read_samples().to_pylist(), key=lambda r: r["sample_id"])
+    run_pipeline(recipe, until="filter", backend=backend)
+    parts = run.files.sample_parts()
+    assert len(parts) == 1 and parts[0].name.startswith("part-merged-")
+    assert sorted(p.name for p in run.files.samples_dir.iterdir()) == ["attempts.json", parts[0].name]
+    assert sorted(run.files.read_samples().to_pylist(), key=lambda r: r["sample_id"]) == before
+    backend.seen.clear()
+    _, summaries = run_pipeline(recipe, until="dataset", backend=backend)
+    assert backend.seen == [] and summaries["sample"].samples_total == 12
+    assert summaries["dataset"]["rows"] == 1
