@@ -19,8 +19,13 @@ the prompts, pass@k, the steps, the training seconds and tokens per second (real
 steps fed, as the train summary counts them; sft+dpo's DPO phase), both against sft's, and
 the whole run's wall time; the teacher (which is also the base) on top. A JSON of it all goes to OUT/methods.json.
 
+With `--speed-steps N` (or `--speed-only`) each method then trains alone for N steps, with no
+checkpoint and no evaluation, one after the other: seconds per step and tokens per second with
+nothing else on the cores, against sft's. The main pass's train seconds include its
+checkpoints and whatever else ran beside it.
+
     python bench/methods.py [--steps 32] [--dpo-steps 8] [--methods sft,sft+dpo,kd,on-policy]
-                            [--out bench-out/methods]
+                            [--out bench-out/methods] [--speed-steps 8] [--speed-only]
 """
 
 from __future__ import annotations
@@ -79,13 +84,14 @@ def share_teacher_answers(first: Path, run_dir: Path) -> None:
             os.link(source, target)
 
 
-def run_method(method: str, recipe: Path, out: Path) -> float:
+def run_method(method: str, recipe: Path, out: Path, until: str | None = None) -> float:
     """One `distill run`, its output in OUT/logs/METHOD.log; returns its wall seconds."""
-    log = out / "logs" / f"{method.replace('+', '-')}.log"
+    log = out / "logs" / f"{method.replace('+', '-')}{'-' + until if until else ''}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(recipe)], stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(recipe),
+                               *(["--until", until] if until else [])], stdout=fh, stderr=subprocess.STDOUT,
                               env={**os.environ, "DISTILL_PROGRESS_SECONDS": "60"})
     if proc.returncode:
         sys.exit(f"{method}: distill run failed (exit {proc.returncode}); see {log}")
@@ -147,6 +153,44 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_pass(methods: list[str], args, out: Path) -> list[dict]:
+    """Each method trained alone for `--speed-steps` steps (no evaluation), one after the other:
+    seconds per step and tokens per second with nothing else on the cores. sft+dpo splits the
+    steps between its phases as the main pass does."""
+    rows = []
+    for method in methods:
+        speed = argparse.Namespace(**{**vars(args), "steps": args.speed_steps,
+                                      "dpo_steps": max(1, args.speed_steps * args.dpo_steps // args.steps)})
+        recipe = recipe_for(method, speed, out / "speed")
+        data = yaml.safe_load(recipe.read_text())
+        data["name"] = "bench-methods"
+        data["output_dir"] = str(out / "runs")  # beside the main pass's runs: their samples are reused
+        data["train"]["save_steps"] = 10_000  # no checkpoint inside the timed steps
+        recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+        run_dir = run_dir_of(recipe)
+        if not (run_dir / "train" / "summary.json").is_file():
+            run_method(f"speed-{method}", recipe, out, until="train")
+        train = json.loads((run_dir / "train" / "summary.json").read_text())
+        phases = _phases(train)
+        steps = sum(p["steps"] for p in phases)
+        seconds = sum(p["seconds"] for p in phases)
+        rows.append({"method": method, "steps": steps, "seconds": seconds, "seconds_per_step": seconds / steps,
+                     "tokens_per_second": train["tokens_per_second"]})
+        print(f"speed {method}: {seconds / steps:.1f} s/step, {train['tokens_per_second']:.0f} tokens/s", flush=True)
+    return rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    sft = next((r for r in rows if r["method"] == "sft"), None)
+    lines = ["| method | steps | s/step | s/step vs sft | tokens/s | tokens/s vs sft |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['steps']} | {r['seconds_per_step']:.1f} | "
+                     f"{r['seconds_per_step'] / sft['seconds_per_step']:.2f} | {r['tokens_per_second']:.0f} | "
+                     f"{r['tokens_per_second'] / sft['tokens_per_second']:.2f} |" if sft else
+                     f"| {r['method']} | {r['steps']} | {r['seconds_per_step']:.1f} | - | {r['tokens_per_second']:.0f} | - |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=32, help="optimizer steps per method (sft's epoch on the demo)")
@@ -154,11 +198,19 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--logprobs", type=int, default=8, help="the teacher's top-k kept for kd")
     ap.add_argument("--out", default="bench-out/methods")
+    ap.add_argument("--speed-steps", type=int, default=0,
+                    help="then train each method alone this many steps, for its speed with nothing beside it")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed pass")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not 0 < args.dpo_steps < args.steps:
         sys.exit("--dpo-steps must be between 0 and --steps")
     out = Path(args.out).resolve()
+    if args.speed_only:
+        rows = speed_pass(methods, args, out)
+        (out / "speed.json").write_text(json.dumps(rows, indent=1))
+        print(speed_table(rows))
+        return
     recipes = {m: recipe_for(m, args, out) for m in methods}
     results, first = [], None
     for method in methods:
@@ -175,8 +227,12 @@ def main() -> None:
         print(f"{method}: pass@1 {pct(results[-1]['student']['pass@1'])}%, {wall:.0f} s", flush=True)
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "steps": args.steps,
               "dpo_steps": args.dpo_steps, "logprobs": args.logprobs, "results": results}
+    if args.speed_steps:
+        report["speed"] = speed_pass(methods, args, out)
     (out / "methods.json").write_text(json.dumps(report, indent=1))
     print(table(results))
+    if args.speed_steps:
+        print(speed_table(report["speed"]))
 
 
 if __name__ == "__main__":

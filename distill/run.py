@@ -130,6 +130,14 @@ class RunDir:
         """The teacher's log-probabilities of a samples part's rows (sampling.logprobs): same name."""
         return self.logprobs_dir / sample_part.name
 
+    def remove_unfinished_writes(self) -> int:
+        """Deletes the temporary files of part writes a killed sampler left (`.part-*.tmp`); call it
+        holding the run's lock, when no write can be under way. Returns how many there were."""
+        stale = [p for d in (self.samples_dir, self.logprobs_dir) if d.is_dir() for p in d.glob(".part-*.tmp")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     def logprob_parts(self) -> list[Path]:
         """The log-probability parts whose samples part exists. One without (the sampler was killed
         between the two writes) is left over: its work is sampled again, into another part."""

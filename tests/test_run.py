@@ -153,3 +153,15 @@ def test_the_dataset_is_written_from_a_stream_and_its_head_read_alone(tmp_path):
     assert files.read_dataset(limit=3)["sample_id"].to_pylist() == ["s0", "s1", "s2"]
     files.write_dataset([])
     assert files.read_dataset(limit=3).num_rows == 0
+
+
+def test_a_killed_samplers_half_written_parts_are_removed_and_the_parts_kept(tmp_path, rows):
+    files = RunDir(tmp_path)
+    write_parts(files, rows, per_part=40, logprobs=True)
+    (files.samples_dir / ".part-abc.parquet.x1y2.tmp").write_bytes(b"half")
+    (files.logprobs_dir / ".part-abc.parquet.q9.tmp").write_bytes(b"half")
+    assert files.remove_unfinished_writes() == 2
+    assert sorted(p.name for p in files.samples_dir.iterdir() if p.is_file()) == \
+        sorted(p.name for p in files.sample_parts())
+    assert len(files.sample_parts()) == 4 and len(files.logprob_parts()) == 4
+    assert files.read_samples().num_rows == 160

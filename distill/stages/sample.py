@@ -109,6 +109,7 @@ def sample_teacher(run, backend, progress=None, backend_for=None, side_work: lis
     recipe = run.recipe
     s = recipe.sampling
     prompts = {p["prompt_id"]: p for p in run.files.read_prompts("train")}
+    run.files.remove_unfinished_writes()  # a killed run's half-written parts: their work is sampled again
     reused = reuse_samples(run)
     existing = run.files.read_samples(["prompt_id", "sample_index"])
     done = {f"{p}:{i}" for p, i in zip(existing["prompt_id"].to_pylist(), existing["sample_index"].to_pylist())}
