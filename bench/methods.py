@@ -10,7 +10,8 @@ the first run too, so every student is compared with the same teacher answers. O
 differs between the runs:
 
 - sft: `trl_args.max_steps: STEPS` over the packed kept samples;
-- sft+dpo: `preference.sft_steps: STEPS - DPO_STEPS`, then DPO for `DPO_STEPS`;
+- sft+dpo: `preference.sft_steps: STEPS - DPO_STEPS`, then DPO for `DPO_STEPS` at its own
+  learning rate (`preference.learning_rate: DPO_LR`; SFT's would undo the SFT phase);
 - kd: `STEPS` steps of the top-k divergence mixed with cross-entropy (the recipe's kd defaults);
 - on-policy: `STEPS` steps of TRL's GKD, the teacher loaded in the training process.
 
@@ -24,7 +25,7 @@ checkpoint and no evaluation, one after the other: seconds per step and tokens p
 nothing else on the cores, against sft's. The main pass's train seconds include its
 checkpoints and whatever else ran beside it.
 
-    python bench/methods.py [--steps 32] [--dpo-steps 8] [--methods sft,sft+dpo,kd,on-policy]
+    python bench/methods.py [--steps 32] [--dpo-steps 8] [--dpo-learning-rate 5e-6] [--methods sft,sft+dpo,kd,on-policy]
                             [--out bench-out/methods] [--speed-steps 8] [--speed-only]
 """
 
@@ -61,7 +62,7 @@ def recipe_for(method: str, args, out: Path) -> Path:
                  trl_args={"max_steps": args.steps})
     if method == "sft+dpo":
         train["trl_args"] = {"max_steps": args.dpo_steps}
-        train["preference"] = {"sft_steps": args.steps - args.dpo_steps}
+        train["preference"] = {"sft_steps": args.steps - args.dpo_steps, "learning_rate": args.dpo_learning_rate}
     path = out / "recipes" / f"{method.replace('+', '-')}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -195,6 +196,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=32, help="optimizer steps per method (sft's epoch on the demo)")
     ap.add_argument("--dpo-steps", type=int, default=8, help="of the steps, sft+dpo's DPO phase")
+    ap.add_argument("--dpo-learning-rate", type=float, default=5e-6,
+                    help="sft+dpo's DPO phase learning rate (the SFT phase keeps the recipe's)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--logprobs", type=int, default=8, help="the teacher's top-k kept for kd")
     ap.add_argument("--out", default="bench-out/methods")
@@ -226,7 +229,7 @@ def main() -> None:
         first = first or run_dir
         print(f"{method}: pass@1 {pct(results[-1]['student']['pass@1'])}%, {wall:.0f} s", flush=True)
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "steps": args.steps,
-              "dpo_steps": args.dpo_steps, "logprobs": args.logprobs, "results": results}
+              "dpo_steps": args.dpo_steps, "dpo_learning_rate": args.dpo_learning_rate, "logprobs": args.logprobs, "results": results}
     if args.speed_steps:
         report["speed"] = speed_pass(methods, args, out)
     (out / "methods.json").write_text(json.dumps(report, indent=1))

@@ -211,6 +211,10 @@ class Preference(Section):
     sft_steps: int | None = Field(None, ge=1, description="sft+dpo: optimizer steps of its SFT phase (the DPO phase "
                                                           "keeps trl_args.max_steps); none: as train.epochs and "
                                                           "trl_args say")
+    learning_rate: float | None = Field(None, gt=0, description="the DPO / KTO phase's peak learning rate "
+                                                                "(preference losses want a far smaller one than "
+                                                                "SFT: TRL's default is 1e-6); none: "
+                                                                "train.learning_rate")
 
 
 class Kd(Section):
@@ -505,7 +509,8 @@ class Recipe(Section):
 ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
-               ("prompts", "eval", "*", "category_field"), ("train", "preference", "sft_steps")}
+               ("prompts", "eval", "*", "category_field"), ("train", "preference", "sft_steps"),
+               ("train", "preference", "learning_rate")}
 
 
 def _without_unset(data: Any, paths: set[tuple], at: tuple = ()) -> Any:

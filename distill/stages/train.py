@@ -93,7 +93,9 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     }
     if pairs is not None:  # what the method trained on, and how it was chosen
         summary["unpaired" if method in UNPAIRED else "pairs"] = pairs
-        summary["preference"] = ({"beta": recipe.train.preference.beta} if method in UNPAIRED
+        pref = recipe.train.preference
+        summary["preference"] = ({"beta": pref.beta, **({"learning_rate": pref.learning_rate} if pref.learning_rate else {})}
+                                 if method in UNPAIRED
                                  else recipe.train.preference.model_dump(
                                      exclude=set() if method == "sft+dpo" else {"sft_steps"}))
     for key in ("sft_phase", "kd", "on_policy"):  # the method's own parameters and inputs

@@ -89,20 +89,25 @@ def sft_config_kwargs(run, checkpoints: Path, report_to: list[str], trl_args: di
 
 def dpo_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
     """DPOConfig arguments: the shared ones (no packing: a row is one prompt with its two
-    answers), beta and the loss from `train.preference`; `trl_args` pass through last."""
+    answers), beta, the loss and any learning rate of its own from `train.preference`;
+    `trl_args` pass through last."""
     t = run.recipe.train
     kwargs = trainer_kwargs(run, checkpoints, report_to)
     kwargs.update({"beta": t.preference.beta, "loss_type": t.preference.loss_type})
+    if t.preference.learning_rate:
+        kwargs["learning_rate"] = t.preference.learning_rate
     kwargs.update(t.trl_args)
     return kwargs
 
 
 def kto_config_kwargs(run, checkpoints: Path, report_to: list[str]) -> dict[str, Any]:
-    """KTOConfig arguments: the shared ones and beta from `train.preference` (KTO has its own
-    loss); `trl_args` pass through last."""
+    """KTOConfig arguments: the shared ones, beta and any learning rate of its own from
+    `train.preference` (KTO has its own loss); `trl_args` pass through last."""
     t = run.recipe.train
     kwargs = trainer_kwargs(run, checkpoints, report_to)
     kwargs["beta"] = t.preference.beta
+    if t.preference.learning_rate:
+        kwargs["learning_rate"] = t.preference.learning_rate
     kwargs.update(t.trl_args)
     return kwargs
 

@@ -20,7 +20,8 @@ def test_the_demo_recipe_keeps_its_run_id_and_samples_key():
 
 
 def test_settings_added_at_their_defaults_leave_a_dpo_run_id_as_it_was(tmp_path):
-    """preference.sft_steps and the verification section came later; unset, the id stays."""
+    """preference.sft_steps and learning_rate and the verification section came later; unset, the
+    id stays."""
     import yaml
 
     data = yaml.safe_load(DEMO.read_text())

@@ -254,11 +254,17 @@ def test_sft_then_dpo_runs_both_phases_and_a_rerun_skips_a_finished_sft_phase(tm
 
 def test_sft_then_dpo_splits_a_step_budget_between_its_phases(tmp_path, tiny_model, monkeypatch):
     run = preference_run(tmp_path, tiny_model, monkeypatch, method="sft+dpo", batch_size=2, packing=False,
-                         preference={"sft_steps": 3}, trl_args={"max_steps": 1})
+                         preference={"sft_steps": 3, "learning_rate": 1e-7}, trl_args={"max_steps": 1})
     bar = Bar()
     summary = train_student(run, bar)
     assert bar.starts == [(3, 0), (1, 0)]  # 3 SFT steps of the 4 an epoch has, then 1 DPO step of 4
     assert summary["sft_phase"]["steps"] == 3 and summary["steps"] == 1
+    # Each phase at its own rate: the SFT phase at train.learning_rate, the DPO phase at the
+    # preference one (both under the same cosine schedule, so compare peaks).
+    sft_peak = max(e["learning_rate"] for e in summary["sft_phase"]["log"] if "learning_rate" in e)
+    dpo_peak = max(e["learning_rate"] for e in summary["log"] if "learning_rate" in e)
+    assert dpo_peak <= 1e-7 < sft_peak
+    assert summary["preference"]["learning_rate"] == 1e-7
 
 
 # -- recipe checks and the dispatcher ---------------------------------------------------------
