@@ -214,6 +214,22 @@ def test_kd_trains_the_student_and_resumes_after_a_kill(tmp_path, tiny_model, mo
         assert summary["kd"] == kd
 
 
+@pytest.mark.slow
+def test_kd_on_two_ray_train_workers(tmp_path, tiny_model, monkeypatch, local_ray):
+    from distill.stages.train import train_student
+
+    run = kd_run(tmp_path, tiny_model, monkeypatch, workers=2, batch_size=2, gradient_checkpointing=False)
+    summary = train_student(run)
+    rows = run.files.read_dataset().num_rows
+    assert (summary["workers"], summary["method"]) == (2, "kd")
+    shards = summary["data_shards"]
+    assert [s["rank"] for s in shards] == [0, 1] and sum(s["rows"] for s in shards) == rows
+    assert summary["steps"] == math.ceil(rows / 4)  # 2 rows per worker per step
+    assert all("kd_ce" in e and "kd_divergence" in e for e in summary["log"])
+    assert all(math.isfinite(e["loss"]) for e in summary["log"])
+    assert (run.dir / "student" / "model.safetensors").is_file()
+
+
 def test_a_training_row_is_the_prompt_then_the_teachers_own_token_ids(tmp_path, tiny_model, monkeypatch):
     from transformers import AutoTokenizer
 

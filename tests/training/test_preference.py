@@ -267,6 +267,22 @@ def test_sft_then_dpo_splits_a_step_budget_between_its_phases(tmp_path, tiny_mod
     assert summary["preference"]["learning_rate"] == 1e-7
 
 
+@pytest.mark.slow
+def test_dpo_on_two_ray_train_workers_splits_the_pairs_between_them(tmp_path, tiny_model, monkeypatch, local_ray):
+    run = preference_run(tmp_path, tiny_model, monkeypatch, method="dpo", batch_size=2, packing=False, workers=2,
+                         epochs=3, learning_rate=1e-3)
+    summary = train_student(run)
+    pairs = summary["pairs"]["pairs"]
+    assert (summary["workers"], summary["backend"]) == (2, "gloo") and pairs == 8
+    shards = summary["data_shards"]
+    assert [s["rank"] for s in shards] == [0, 1] and [s["rows"] for s in shards] == [12, 12]  # 3 epochs of 4
+    assert shards[0]["digest"] != shards[1]["digest"]
+    assert summary["steps"] == 6  # 8 pairs, 2 per worker per step, 2 workers: 2 steps an epoch
+    assert all("rewards/chosen" in e for e in summary["log"])
+    learned(summary)
+    assert (run.dir / "student" / "model.safetensors").is_file()
+
+
 # -- recipe checks and the dispatcher ---------------------------------------------------------
 
 

@@ -24,20 +24,6 @@ STUDENT_FILES = {"config.json", "generation_config.json", "model.safetensors", "
                  "tokenizer_config.json", "chat_template.jinja", "distill.json"}
 
 
-@pytest.fixture
-def local_ray(monkeypatch):
-    import ray
-
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # Two logical CPUs, one per worker: Ray Train's controller and distill's progress relay ask for
-    # none, and the driver holds none, so nothing else can take a worker's slot.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def shards_partition_the_dataset(summary) -> bool:
     """The ranks' order-free digests add up to the dataset's exactly when they split it between them."""
     total = sum(int(s["digest"], 16) for s in summary["data_shards"]) % 2**64
