@@ -4,7 +4,8 @@ Each side runs in its own process, one after the other, so neither shares cores 
 with the other. Both are timed end to end as a user waits for them: the baseline from
 importing vllm and constructing `vllm.LLM` to the last output, the factory from `run_pipeline` to the last
 written sample (Ray start, engine start, chat template, verification and Parquet writes
-included). The baseline's generate-only rate is printed too.
+included). The baseline's generate-only rate is printed too. A third side runs the factory with
+`sampling.reproducible: true` (the engine step loop on a CPU): what reproducible samples cost.
 
     python bench/sampling_overhead.py [--prompts 128] [--n 4] [--max-tokens 128]
 """
@@ -48,10 +49,10 @@ def baseline(recipe_path: str) -> dict:
 
 
 def main() -> None:
-    ap = sampling_parser(__doc__, ("factory", "baseline"), prompts=128)
+    ap = sampling_parser(__doc__, ("factory", "baseline", "reproducible"), prompts=128)
     args = ap.parse_args()
     if args.side:  # a child process: run one side, print its numbers as JSON
-        emit(factory(args.recipe) if args.side == "factory" else baseline(args.recipe))
+        emit(baseline(args.recipe) if args.side == "baseline" else factory(args.recipe))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,20 +60,24 @@ def main() -> None:
         recipe["prompts"]["train"][0]["count"] = args.prompts
         recipe["sampling"].update(n=args.n, max_tokens=args.max_tokens)
         results = {}
-        for side in ("baseline", "factory"):
+        for side in ("baseline", "factory", "reproducible"):
             recipe["output_dir"] = str(Path(tmp) / side)  # fresh run directories: nothing to resume
+            recipe["sampling"]["reproducible"] = side == "reproducible"
             path = Path(tmp) / f"{side}.yaml"
             path.write_text(yaml.safe_dump(recipe))
             results[side] = run_side(__file__, side, "--recipe", str(path))
 
-    b, f = results["baseline"], results["factory"]
+    b, f, r = results["baseline"], results["factory"], results["reproducible"]
     b_tps, f_tps = b["tokens"] / b["seconds"], f["tokens"] / f["seconds"]
     print(f"workload: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, demo teacher")
     print(f"baseline vllm.LLM.generate : {b['samples']} samples, {b['tokens']} output tokens in {b['seconds']:.1f} s "
           f"= {b_tps:.1f} tok/s end to end ({b['tokens'] / b['generate_seconds']:.1f} tok/s in generate alone)")
     print(f"distill sampling stage     : {f['samples']} samples, {f['tokens']} output tokens in {f['seconds']:.1f} s "
           f"= {f_tps:.1f} tok/s end to end")
+    print(f"distill, reproducible      : {r['samples']} samples, {r['tokens']} output tokens in {r['seconds']:.1f} s "
+          f"= {r['tokens'] / r['seconds']:.1f} tok/s end to end")
     print(f"ratio (distill / baseline, end to end): {f_tps / b_tps:.3f}   target >= 0.95")
+    print(f"ratio (reproducible distill / baseline, end to end): {r['tokens'] / r['seconds'] / b_tps:.3f}")
 
 
 if __name__ == "__main__":

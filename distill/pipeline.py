@@ -38,6 +38,7 @@ def make_backend(run: Run, verbose: bool = False, model: Teacher | None = None) 
         cpus_per_replica=c.cpus_per_replica, resources_per_replica=c.resources_per_replica,
         accelerator_type=c.accelerator_type, wait_for_replicas_s=c.wait_for_replicas_s,
         model_source=bucket_source(run, model), quiet=not verbose,
+        reproducible=bool(run.recipe.sampling.reproducible),
     )
     return BACKENDS.get(backend_name(target)).fn(target, options)
 

@@ -69,6 +69,9 @@ class BackendOptions:
     # a run whose directory is in a bucket); None: model.model.
     model_source: str | None = None
     quiet: bool = True  # keep engine logs out of the driver's output
+    # sampling.reproducible: results that do not depend on how requests happen to be batched
+    # (the machine's load), at some cost in throughput.
+    reproducible: bool = False
 
 
 BackendFactory = Callable[["Teacher", BackendOptions], Backend]

@@ -221,7 +221,8 @@ class VLLMRayBackend:
     def __init__(self, teacher: Teacher, engine_overrides: dict, seed: int, replicas: int = 1,
                  cpus_per_replica: float = 1, accelerator_type: str | None = None, batch_size: int = 16,
                  quiet: bool = True, resources_per_replica: dict[str, float] | None = None,
-                 wait_for_replicas_s: float | None = None, model_source: str | None = None):
+                 wait_for_replicas_s: float | None = None, model_source: str | None = None,
+                 reproducible: bool = False):
         self.teacher = teacher
         self.model = model_path(teacher)
         # Where the engines load the weights from when not self.model: a bucket URI (s3://,
@@ -236,6 +237,9 @@ class VLLMRayBackend:
         self.wait_for_replicas_s = wait_for_replicas_s
         self.batch_size = batch_size
         self.quiet = quiet
+        # sampling.reproducible: GPUs use vLLM's batch-invariant kernels; CPUs, whose kernels have
+        # no such mode, an engine step loop that batches the same way every time (vllm_fixed).
+        self.reproducible = reproducible
         self.eos_ids = _eos_ids(self.model)
         # A template shipped with distill (or a file) in place of the model's own; None: its own.
         self.template = chat_templates.resolve(teacher.template) if teacher.template else None
@@ -254,8 +258,11 @@ class VLLMRayBackend:
         return {"bundles": [{"CPU": self.cpus_per_replica, **self.resources_per_replica}]}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs,
+        info = {"backend": NAME, "version": _vllm_version(), "engine_args": self.kwargs,
                 "chat_template": self.template.label if self.template else None}
+        if self.reproducible:
+            info["batching"] = "batch-invariant" if has_cuda() else "step-loop"
+        return info
 
     def _needs_rendering(self, requests: list[dict]) -> bool:
         """Ray Data LLM's chat template stage takes neither per-row tools nor a conversation that
@@ -294,13 +301,21 @@ class VLLMRayBackend:
         import ray
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+        gpu = has_cuda()
+        if self.reproducible and not gpu:
+            from distill.backends.vllm_fixed import generate_fixed
+
+            max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
+            top_k = {r["work_id"]: r["sampling_params"].get("logprobs") for r in requests}
+            for rows in generate_fixed(self, requests):
+                yield [self._result(row, max_tokens, top_k) for row in rows]
+            return
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # distill shows its own progress
         ctx.enable_operator_progress_bars = False
         # Ray Data waits for a pool's minimum actors at operator start when this is positive
         # (and raises on timeout); -1, its default, starts work on the first actor ready.
         ctx.wait_for_min_actors_s = math.ceil(self.wait_for_replicas_s) if self.wait_for_replicas_s else -1
-        gpu = has_cuda()
         rendered = self._needs_rendering(requests)
         if rendered:
             requests = self.render(requests)
@@ -323,7 +338,8 @@ class VLLMRayBackend:
             # engine actor and the light stages fit together instead of waiting on each other.
             chat_template_stage=False if rendered else {"num_cpus": LIGHT_STAGE_CPUS},
             runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-                                      **cpu_engine_env()}},
+                                      **cpu_engine_env(),
+                                      **({"VLLM_BATCH_INVARIANT": "1"} if self.reproducible else {})}},
         )
         processor = build_processor(
             config,
@@ -400,6 +416,7 @@ def make_vllm_backend(model: Teacher, options: BackendOptions) -> VLLMRayBackend
         cpus_per_replica=options.cpus_per_replica, resources_per_replica=options.resources_per_replica,
         accelerator_type=options.accelerator_type, wait_for_replicas_s=options.wait_for_replicas_s,
         model_source=options.model_source, batch_size=options.batch_size, quiet=options.quiet,
+        reproducible=options.reproducible,
     )
 
 

@@ -126,6 +126,12 @@ class Sampling(Section):
                                       "list of {name, arguments}); the rest are free, so a prompt that needs no call "
                                       "can still be answered. For a teacher that rarely writes a well-formed call; the "
                                       "verifiers still judge every value, and evaluation is never constrained. none: off")
+    reproducible: bool | None = Field(
+        None, description="samples and evaluation answers that do not depend on how the engine happened to batch "
+                          "requests (the machine's load): vLLM's batch-invariant kernels on GPUs; on CPUs an engine "
+                          "step loop per replica that queues requests in a fixed order, between steps "
+                          "(docs/performance.md has its cost). Same recipe, hardware and replicas: same samples. none "
+                          "or false: the engines batch requests as they arrive")
 
     @model_validator(mode="after")
     def _rounds_need_a_target(self):
@@ -506,7 +512,8 @@ class Recipe(Section):
 
 
 # Keys added after runs were made, by where they sit; unset (None) they leave a recipe's hash as it was.
-ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
+ADDED_UNSET = {("teacher", "template"), ("sampling", "constrained_calls"), ("sampling", "logprobs"),
+               ("sampling", "reproducible"), ("student", "template"), ("prompts", "train", "*", "messages_field"),
                ("prompts", "train", "*", "tools_field"), ("prompts", "train", "*", "category_field"),
                ("prompts", "eval", "*", "messages_field"), ("prompts", "eval", "*", "tools_field"),
                ("prompts", "eval", "*", "category_field"), ("train", "preference", "sft_steps"),

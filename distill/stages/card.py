@@ -304,6 +304,7 @@ and the base model was fine-tuned on them with {METHOD_TEXT.get(t.get("method", 
 ## How it was made
 
 1. Teacher sampling: temperature {s['temperature']}, top-p {s['top_p']}, max {s['max_tokens']} tokens, {s['n']} per prompt, seeded per sample.
+   {reproducibility_text(s)}
 2. Verification: {v}; a sample is kept when every required verifier accepts it; exact duplicates removed
    (dropped: {', '.join(f'{k} {n}' for k, n in m['dropped'].items()) or 'none'}).
 3. Training: {t.get('method', 'sft')}, {t.get('weights', t['method'])} weights, {t['epochs']} epoch(s), {t['steps']} steps, learning rate
@@ -353,6 +354,15 @@ def method_params(t: dict) -> str:
             parts.append(f"{key.replace('_', '-')}: " + ", ".join(f"{k} {v}" for k, v in t[key].items()
                                                                   if v is not None and not isinstance(v, (dict, list))))
     return "".join(f"\n   {p}." for p in parts)
+
+
+def reproducibility_text(sampling: dict) -> str:
+    """What a rerun of the recipe gives again (docs/performance.md, "Reproducible samples")."""
+    if sampling.get("reproducible"):
+        return ("Reproducible: batches fixed by the requests alone (batch-invariant kernels on GPUs), so the same "
+                "recipe on the same hardware and replicas samples the same answers; other hardware may not.")
+    return ("Not batch-fixed: the engine batched requests as they arrived, so a rerun (another load, other hardware) "
+            "can differ in some samples and, through them, in the scores (`sampling.reproducible` fixes the batches).")
 
 
 def cost_text(metrics: dict) -> str:

@@ -108,7 +108,8 @@ def test_model_card_parses_and_carries_the_lineage(student_run, tiny_model):
     text = card.text
     for fact in ("tiny-random", "random-init-seed0", student_run["run"].recipe_hash,
                  "derived by the distill licence engine", "Apache License 2.0 §4",
-                 "| pass@1 | 0.0% (0.0%-0.0%) | 100.0% (100.0%-100.0%) |", "95% intervals, by bootstrap"):
+                 "| pass@1 | 0.0% (0.0%-0.0%) | 100.0% (100.0%-100.0%) |", "95% intervals, by bootstrap",
+                 "Not batch-fixed: the engine batched requests as they arrived"):
         assert fact in text, fact
     lineage = json.loads((run_dir / "lineage.json").read_text())
     assert lineage["teachers"][0]["id"] == "tiny-random"

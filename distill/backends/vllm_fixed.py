@@ -1,0 +1,144 @@
+"""Reproducible sampling on CPUs: batches formed by the engine's own steps, never by timing.
+
+A float32 forward pass gives slightly different numbers for one sequence depending on what
+else is in its batch (matrix shapes choose other kernels and summation orders), and a seeded
+sample that meets a near-tie then takes another token. Ray Data LLM's engines take requests as
+they stream in, so which requests share a step depends on timing, and a loaded machine gets
+other samples than a quiet one.
+
+Here each replica is a Ray actor driving a `vllm.LLM`'s engine itself, with the engine core in
+the same process: it queues requests in a fixed order, only between steps, and only while fewer
+than ADMIT_PER_SEQ x max_num_seqs are unfinished (a count the steps alone decide), then steps.
+Every step's batch is then a function of the requests, never of when they arrived. Results
+stream back as they finish, in batches of `batch_size`. Replica r takes requests r, r + R, ...
+GPUs have vLLM's batch-invariant kernels instead (`VLLM_BATCH_INVARIANT`, set by the Ray Data
+path).
+
+What still changes the samples: another number of replicas, a resumed run (its remaining work
+is queued anew), other hardware or thread count, and requests under a grammar
+(sampling.constrained_calls), which wait to be scheduled until their grammar has compiled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any, Iterator
+
+# Requests kept queued in the engine per running sequence it can hold: enough waiting work that
+# a finished sequence's slot is refilled at the next step.
+ADMIT_PER_SEQ = 2
+
+
+def sampling_params(params: dict):
+    """vllm.SamplingParams from a request's dict (its grammar as StructuredOutputsParams), asking
+    for each output once, when it is finished."""
+    import vllm
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    params = dict(params)
+    structured = params.pop("structured_outputs", None)
+    return vllm.SamplingParams(**params, output_kind=RequestOutputKind.FINAL_ONLY,
+                               structured_outputs=StructuredOutputsParams(**structured) if structured else None)
+
+
+def flat_result(request: dict, output, replica: str) -> dict:
+    """One finished `vllm.RequestOutput` as the Ray Data path's postprocessed row (see
+    vllm_ray._postprocess)."""
+    completion = output.outputs[0]
+    tokens = list(completion.token_ids)
+    row = {"work_id": request["work_id"], "text": completion.text or "",
+           "prompt_tokens": len(output.prompt_token_ids or []), "completion_tokens": len(tokens),
+           "last_token": int(tokens[-1]) if tokens else -1, "replica": replica, "error": ""}
+    if completion.logprobs is not None and request["sampling_params"].get("logprobs") is not None:
+        ids, values = [], []
+        for entries in completion.logprobs:
+            pairs = sorted(((int(t), float(lp.logprob)) for t, lp in (entries or {}).items()), key=lambda p: -p[1])
+            ids.append([t for t, _ in pairs])
+            values.append([v for _, v in pairs])
+        row.update(token_ids=tokens, logprob_ids=ids, logprob_values=values)
+    return row
+
+
+class StepLoopEngine:
+    """A Ray actor holding one `vllm.LLM` and stepping its engine itself (see the module's doc)."""
+
+    def __init__(self, model: str, engine_kwargs: dict[str, Any], env: dict[str, str]):
+        os.environ.update(env)
+        # The engine core in this process: it schedules only when step() is called, so requests
+        # queued between two steps are all seen by the next (a core process would start on the
+        # first arrivals).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Work ids are unique already; vLLM's random suffix would be the one input that differs
+        # between two runs.
+        os.environ["VLLM_DISABLE_REQUEST_ID_RANDOMIZATION"] = "1"
+        import vllm
+
+        from distill.backends.vllm_ray import replica_name, vllm_engine_kwargs
+
+        self.llm = vllm.LLM(model=model, **vllm_engine_kwargs(engine_kwargs))
+        self.engine = self.llm.llm_engine
+        self.admit_up_to = ADMIT_PER_SEQ * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        self.replica = replica_name()
+
+    def ready(self) -> str:
+        return self.replica
+
+    def stream(self, requests: list[dict], batch_size: int) -> Iterator[list[dict]]:
+        """Rendered requests (work_id, prompt, sampling_params) in; lists of up to `batch_size`
+        result rows out, as they finish. A request the engine refuses becomes an error row."""
+        queue, asked, done = deque(requests), {}, []
+        while queue or self.engine.has_unfinished_requests():
+            while queue and self.engine.get_num_unfinished_requests() < self.admit_up_to:
+                r = queue.popleft()
+                try:
+                    self.engine.add_request(r["work_id"], r["prompt"], sampling_params(r["sampling_params"]))
+                    asked[r["work_id"]] = r
+                except Exception as e:  # e.g. a prompt longer than the model takes
+                    done.append({"work_id": r["work_id"], "error": f"{type(e).__name__}: {e}"})
+            if self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        done.append(flat_result(asked.pop(output.request_id), output, self.replica))
+            while len(done) >= batch_size:
+                yield done[:batch_size]
+                done = done[batch_size:]
+        if done:
+            yield done
+
+
+def generate_fixed(backend, requests: list[dict]) -> Iterator[list[dict]]:
+    """`backend` (a VLLMRayBackend)'s requests, rendered, through its replicas' step loops; the
+    raw result rows in batches, for backend._result."""
+    import ray
+
+    from distill.backends.vllm_ray import ReplicasDidNotStart, cpu_engine_env
+
+    rendered = backend.render(requests)
+    if not rendered:
+        return
+    actor = ray.remote(StepLoopEngine).options(
+        num_cpus=backend.cpus_per_replica, resources=backend.resources_per_replica or None, max_restarts=0)
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_engine_env()}
+    replicas = min(backend.replicas, len(rendered))
+    engines = [actor.remote(backend.model, backend.kwargs, env) for _ in range(replicas)]
+    try:
+        if backend.wait_for_replicas_s:
+            try:
+                ray.get([e.ready.remote() for e in engines], timeout=backend.wait_for_replicas_s)
+            except ray.exceptions.GetTimeoutError as e:
+                raise ReplicasDidNotStart(backend._not_started(False)) from e
+        streams = [e.stream.options(num_returns="streaming").remote(rendered[i::replicas], backend.batch_size)
+                   for i, e in enumerate(engines)]
+        while streams:
+            ready, _ = ray.wait(streams, num_returns=1)
+            for stream in ready:
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    streams.remove(stream)
+                    continue
+                yield ray.get(ref)
+    finally:
+        for engine in engines:
+            ray.kill(engine)
