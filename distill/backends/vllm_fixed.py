@@ -65,6 +65,14 @@ class StepLoopEngine:
 
     def __init__(self, model: str, engine_kwargs: dict[str, Any], env: dict[str, str]):
         os.environ.update(env)
+        # Every core of the node for the model's threads, as vLLM gives its own worker processes:
+        # Ray starts an actor with OMP_NUM_THREADS at its CPU count (1), and an engine in this
+        # process would compute on one core.
+        threads = int(env.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
         # The engine core in this process: it schedules only when step() is called, so requests
         # queued between two steps are all seen by the next (a core process would start on the
         # first arrivals).
@@ -81,8 +89,10 @@ class StepLoopEngine:
         self.admit_up_to = ADMIT_PER_SEQ * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         self.replica = replica_name()
 
-    def ready(self) -> str:
-        return self.replica
+    def ready(self) -> dict:
+        import torch
+
+        return {"replica": self.replica, "threads": torch.get_num_threads()}
 
     def stream(self, requests: list[dict], batch_size: int) -> Iterator[list[dict]]:
         """Rendered requests (work_id, prompt, sampling_params) in; lists of up to `batch_size`
