@@ -94,10 +94,10 @@ def train_student(run, progress=None, report_to: list[str] | None = None) -> dic
     if pairs is not None:  # what the method trained on, and how it was chosen
         summary["unpaired" if method in UNPAIRED else "pairs"] = pairs
         pref = recipe.train.preference
-        summary["preference"] = ({"beta": pref.beta, **({"learning_rate": pref.learning_rate} if pref.learning_rate else {})}
-                                 if method in UNPAIRED
-                                 else recipe.train.preference.model_dump(
-                                     exclude=set() if method == "sft+dpo" else {"sft_steps"}))
+        own_rate = {"learning_rate": pref.learning_rate} if pref.learning_rate else {}
+        summary["preference"] = ({"beta": pref.beta, **own_rate} if method in UNPAIRED else {
+            **pref.model_dump(exclude={"learning_rate"} | (set() if method == "sft+dpo" else {"sft_steps"})),
+            **own_rate})
     for key in ("sft_phase", "kd", "on_policy"):  # the method's own parameters and inputs
         if key in facts:
             summary[key] = facts[key]

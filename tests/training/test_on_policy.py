@@ -69,6 +69,25 @@ def test_the_student_generates_and_learns_from_the_teachers_scores(tmp_path, tin
     assert 0 < record["generated_tokens"] <= rows * 8
 
 
+@pytest.mark.slow
+def test_on_policy_on_two_ray_train_workers(tmp_path, tiny_model, other_student, monkeypatch, local_ray):
+    """Each worker generates from its own half of the prompts and scores them with its own copy of
+    the teacher; rank 0 writes the student."""
+    from distill.stages.train import train_student
+
+    run = sampled(tmp_path, tiny_model, other_student, monkeypatch, batch_size=2, workers=2,
+                  on_policy={"lmbda": 1.0, "beta": 0.5, "max_new_tokens": 8, "temperature": 1.0})
+    rows = run.files.read_dataset().num_rows
+    summary = train_student(run)
+    assert (summary["workers"], summary["method"]) == (2, "on-policy")
+    shards = summary["data_shards"]
+    assert [s["rank"] for s in shards] == [0, 1] and sum(s["rows"] for s in shards) == rows
+    assert summary["steps"] == math.ceil(rows / 4)  # 2 rows per worker per step
+    assert all(math.isfinite(e["loss"]) and e["loss"] > 0 for e in summary["log"])
+    assert summary["on_policy"]["generated_batches"] >= summary["steps"]
+    assert (run.dir / "student" / "model.safetensors").is_file()
+
+
 def test_lmbda_0_learns_from_the_accepted_completions_only(tmp_path, tiny_model, other_student, monkeypatch):
     # With a LoRA adapter, merged into the student as for SFT.
     run = sampled(tmp_path, tiny_model, other_student, monkeypatch, batch_size=4, weights="lora",
