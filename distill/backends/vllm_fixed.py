@@ -30,6 +30,16 @@ from typing import Any, Iterator
 ADMIT_PER_SEQ = 2
 
 
+def replica_name() -> str:
+    """Which engine answered: its Ray actor, the actor's process and its node. A replica Ray
+    restarts after a crash keeps its actor id and gets a new process id, so a replacement
+    shows up as a second process under the same actor."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return f"actor {(ctx.get_actor_id() or 'none')[:8]} (pid {os.getpid()}) on node {ctx.get_node_id()[:8]}"
+
+
 def sampling_params(params: dict):
     """vllm.SamplingParams from a request's dict (its grammar as StructuredOutputsParams), asking
     for each output once, when it is finished."""
@@ -64,6 +74,7 @@ class StepLoopEngine:
     """A Ray actor holding one `vllm.LLM` and stepping its engine itself (see the module's doc)."""
 
     def __init__(self, model: str, engine_kwargs: dict[str, Any], env: dict[str, str]):
+        """engine_kwargs as vllm.LLM takes them (vllm_ray.vllm_engine_kwargs)."""
         os.environ.update(env)
         # Every core of the node for the model's threads, as vLLM gives its own worker processes:
         # Ray starts an actor with OMP_NUM_THREADS at its CPU count (1), and an engine in this
@@ -82,9 +93,7 @@ class StepLoopEngine:
         os.environ["VLLM_DISABLE_REQUEST_ID_RANDOMIZATION"] = "1"
         import vllm
 
-        from distill.backends.vllm_ray import replica_name, vllm_engine_kwargs
-
-        self.llm = vllm.LLM(model=model, **vllm_engine_kwargs(engine_kwargs))
+        self.llm = vllm.LLM(model=model, **engine_kwargs)
         self.engine = self.llm.llm_engine
         self.admit_up_to = ADMIT_PER_SEQ * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         self.replica = replica_name()
@@ -115,40 +124,3 @@ class StepLoopEngine:
                 done = done[batch_size:]
         if done:
             yield done
-
-
-def generate_fixed(backend, requests: list[dict]) -> Iterator[list[dict]]:
-    """`backend` (a VLLMRayBackend)'s requests, rendered, through its replicas' step loops; the
-    raw result rows in batches, for backend._result."""
-    import ray
-
-    from distill.backends.vllm_ray import ReplicasDidNotStart, cpu_engine_env
-
-    rendered = backend.render(requests)
-    if not rendered:
-        return
-    actor = ray.remote(StepLoopEngine).options(
-        num_cpus=backend.cpus_per_replica, resources=backend.resources_per_replica or None, max_restarts=0)
-    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_engine_env()}
-    replicas = min(backend.replicas, len(rendered))
-    engines = [actor.remote(backend.model, backend.kwargs, env) for _ in range(replicas)]
-    try:
-        if backend.wait_for_replicas_s:
-            try:
-                ray.get([e.ready.remote() for e in engines], timeout=backend.wait_for_replicas_s)
-            except ray.exceptions.GetTimeoutError as e:
-                raise ReplicasDidNotStart(backend._not_started(False)) from e
-        streams = [e.stream.options(num_returns="streaming").remote(rendered[i::replicas], backend.batch_size)
-                   for i, e in enumerate(engines)]
-        while streams:
-            ready, _ = ray.wait(streams, num_returns=1)
-            for stream in ready:
-                try:
-                    ref = next(stream)
-                except StopIteration:
-                    streams.remove(stream)
-                    continue
-                yield ray.get(ref)
-    finally:
-        for engine in engines:
-            ray.kill(engine)

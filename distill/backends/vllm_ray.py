@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from distill import chat_templates
 from distill.backends import BACKENDS, BackendOptions
+from distill.backends.vllm_fixed import StepLoopEngine, replica_name
 from distill.hardware import cpu_has_bf16, has_cuda
 from distill.teachers import Teacher, model_path
 
@@ -161,16 +162,6 @@ def teacher_logprobs(token_ids, logprob_ids, logprob_values, k: int) -> dict | N
     return {"token_ids": tokens, "token_logprobs": sampled, "top_ids": top_ids, "top_logprobs": top_values}
 
 
-def replica_name() -> str:
-    """Which engine answered: its Ray actor, the actor's process and its node. A replica Ray
-    restarts after a crash keeps its actor id and gets a new process id, so a replacement
-    shows up as a second process under the same actor."""
-    import ray
-
-    ctx = ray.get_runtime_context()
-    return f"actor {(ctx.get_actor_id() or 'none')[:8]} (pid {os.getpid()}) on node {ctx.get_node_id()[:8]}"
-
-
 def _tagging(udf_class):
     """The engine stage's UDF, with each output row tagged by `replica_name()`: Ray Data LLM's
     rows say nothing of the actor that made them, and the lineage should. Log-probabilities, when
@@ -303,11 +294,9 @@ class VLLMRayBackend:
 
         gpu = has_cuda()
         if self.reproducible and not gpu:
-            from distill.backends.vllm_fixed import generate_fixed
-
             max_tokens = {r["work_id"]: r["sampling_params"]["max_tokens"] for r in requests}
             top_k = {r["work_id"]: r["sampling_params"].get("logprobs") for r in requests}
-            for rows in generate_fixed(self, requests):
+            for rows in self._step_loops(requests):
                 yield [self._result(row, max_tokens, top_k) for row in rows]
             return
         ctx = ray.data.DataContext.get_current()
@@ -366,6 +355,40 @@ class VLLMRayBackend:
                     raise
                 raise ReplicasDidNotStart(self._not_started(gpu)) from e
             yield [self._result(row, max_tokens, top_k) for row in batch.to_dict("records")]
+
+    def _step_loops(self, requests: list[dict]) -> Iterator[list[dict]]:
+        """sampling.reproducible on CPUs: the requests, rendered, through the replicas' engine step
+        loops (vllm_fixed.StepLoopEngine); the raw result rows in batches, for _result."""
+        import ray
+
+        rendered = self.render(requests)
+        if not rendered:
+            return
+        actor = ray.remote(StepLoopEngine).options(
+            num_cpus=self.cpus_per_replica, resources=self.resources_per_replica or None, max_restarts=0)
+        env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_engine_env()}
+        replicas = min(self.replicas, len(rendered))
+        engines = [actor.remote(self.model, vllm_engine_kwargs(self.kwargs), env) for _ in range(replicas)]
+        try:
+            if self.wait_for_replicas_s:
+                try:
+                    ray.get([e.ready.remote() for e in engines], timeout=self.wait_for_replicas_s)
+                except ray.exceptions.GetTimeoutError as e:
+                    raise ReplicasDidNotStart(self._not_started(False)) from e
+            streams = [e.stream.options(num_returns="streaming").remote(rendered[i::replicas], self.batch_size)
+                       for i, e in enumerate(engines)]
+            while streams:  # replica r answers requests r, r + R, ...; batches as they come
+                ready, _ = ray.wait(streams, num_returns=1)
+                for stream in ready:
+                    try:
+                        ref = next(stream)
+                    except StopIteration:
+                        streams.remove(stream)
+                        continue
+                    yield ray.get(ref)
+        finally:
+            for engine in engines:
+                ray.kill(engine)
 
     def _not_started(self, gpu: bool) -> str:
         placement = self._placement(gpu) or {"bundles": [{"GPU": 1, "CPU": 1}] * (

@@ -106,7 +106,7 @@ def test_a_step_loop_gives_the_same_samples_on_a_quiet_and_a_loaded_machine(tiny
             burner.join(timeout=10)
         # Ray starts an actor with one OpenMP thread per CPU it reserved; the engine takes every core.
         engine = ray.remote(vllm_fixed.StepLoopEngine).options(num_cpus=1).remote(
-            backend.model, backend.kwargs, vllm_ray.cpu_engine_env())
+            backend.model, vllm_ray.vllm_engine_kwargs(backend.kwargs), vllm_ray.cpu_engine_env())
         assert ray.get(engine.ready.remote(), timeout=300)["threads"] == len(os.sched_getaffinity(0))
     finally:
         ray.shutdown()
