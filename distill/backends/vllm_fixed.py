@@ -52,6 +52,25 @@ def sampling_params(params: dict):
                                structured_outputs=StructuredOutputsParams(**structured) if structured else None)
 
 
+def flat_logprobs(row: dict) -> dict:
+    """The engine's log-probabilities of a row's generated tokens (per token, {token id: {logprob,
+    rank, decoded_token}}: the top-k and the sampled token) as two ragged lists per token, ids
+    and log-probabilities, most likely first. Arrow has no mapping keyed by integers: left as
+    it is, Ray Data would pickle every row of the block. A row without them is returned as is."""
+    positions = row.get("logprobs")
+    if positions is None:
+        return row
+    ids, values = [], []
+    for entries in positions:
+        pairs = sorted(((int(token), float(v["logprob"] if isinstance(v, dict) else getattr(v, "logprob", v)))
+                        for token, v in (entries or {}).items() if v is not None), key=lambda p: -p[1])
+        ids.append([t for t, _ in pairs])
+        values.append([v for _, v in pairs])
+    out = {key: value for key, value in row.items() if key != "logprobs"}
+    out.update(logprob_ids=ids, logprob_values=values)
+    return out
+
+
 def flat_result(request: dict, output, replica: str) -> dict:
     """One finished `vllm.RequestOutput` as the Ray Data path's postprocessed row (see
     vllm_ray._postprocess)."""
@@ -61,12 +80,7 @@ def flat_result(request: dict, output, replica: str) -> dict:
            "prompt_tokens": len(output.prompt_token_ids or []), "completion_tokens": len(tokens),
            "last_token": int(tokens[-1]) if tokens else -1, "replica": replica, "error": ""}
     if completion.logprobs is not None and request["sampling_params"].get("logprobs") is not None:
-        ids, values = [], []
-        for entries in completion.logprobs:
-            pairs = sorted(((int(t), float(lp.logprob)) for t, lp in (entries or {}).items()), key=lambda p: -p[1])
-            ids.append([t for t, _ in pairs])
-            values.append([v for _, v in pairs])
-        row.update(token_ids=tokens, logprob_ids=ids, logprob_values=values)
+        row.update(flat_logprobs({"logprobs": completion.logprobs}), token_ids=tokens)
     return row
 
 

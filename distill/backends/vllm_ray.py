@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from distill import chat_templates
 from distill.backends import BACKENDS, BackendOptions
-from distill.backends.vllm_fixed import StepLoopEngine, replica_name
+from distill.backends.vllm_fixed import StepLoopEngine, flat_logprobs as _flat_logprobs, replica_name
 from distill.hardware import cpu_has_bf16, has_cuda
 from distill.teachers import Teacher, model_path
 
@@ -123,25 +123,6 @@ def uniform_logprobs(requests: list[dict]) -> list[dict]:
         return requests
     return [r if r["sampling_params"].get("logprobs") is not None
             else {**r, "sampling_params": {**r["sampling_params"], "logprobs": 0}} for r in requests]
-
-
-def _flat_logprobs(row: dict) -> dict:
-    """The engine's log-probabilities of a row's generated tokens (per token, {token id: {logprob,
-    rank, decoded_token}}: the top-k and the sampled token) as two ragged lists per token, ids
-    and log-probabilities, most likely first. Arrow has no mapping keyed by integers: left as
-    it is, Ray Data would pickle every row of the block. A row without them is returned as is."""
-    positions = row.get("logprobs")
-    if positions is None:
-        return row
-    ids, values = [], []
-    for entries in positions:
-        pairs = sorted(((int(token), float(v["logprob"] if isinstance(v, dict) else v))
-                        for token, v in (entries or {}).items() if v is not None), key=lambda p: -p[1])
-        ids.append([t for t, _ in pairs])
-        values.append([v for _, v in pairs])
-    out = {key: value for key, value in row.items() if key != "logprobs"}
-    out.update(logprob_ids=ids, logprob_values=values)
-    return out
 
 
 def teacher_logprobs(token_ids, logprob_ids, logprob_values, k: int) -> dict | None:
